@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -139,12 +140,34 @@ class Teacher(abc.ABC):
     async def agenerate(self, requests: list[ChatRequest]) -> list[Completion]:
         """Complete every request; one Completion per request, in order."""
 
+    async def astream(self, requests: list[ChatRequest]) -> AsyncIterator[tuple[int, Completion]]:
+        """Yield ``(index, completion)`` as each request finishes, in any order.
+
+        The ledger consumes this so results are recorded as they arrive. The default
+        waits for the whole batch; backends that finish requests one by one (the HTTP
+        ones) or in micro-batches (transformers) override it.
+        """
+        for i, done in enumerate(await self.agenerate(list(requests))):
+            yield i, done
+
     def generate(self, requests: list[ChatRequest]) -> list[Completion]:
         """Synchronous wrapper around ``agenerate`` for callers outside an event loop."""
-        return asyncio.run(self.agenerate(list(requests)))
+
+        async def _run() -> list[Completion]:
+            try:
+                return await self.agenerate(list(requests))
+            finally:
+                await self.adetach()
+
+        return asyncio.run(_run())
 
     def key(self, request: ChatRequest) -> str:
         return request.key(self.model, self.defaults)
+
+    async def adetach(self) -> None:
+        """Release what is bound to the current event loop (HTTP clients); the teacher stays
+        usable from the next loop. ``generate`` calls it before its loop closes."""
+        return None
 
     async def aclose(self) -> None:  # backends with servers/clients override
         return None

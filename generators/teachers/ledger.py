@@ -1,0 +1,229 @@
+"""The request ledger: a teacher never pays twice for the same request.
+
+Wrap any teacher; every request is looked up by its key in the ``requests`` table first:
+
+    teacher = LedgeredTeacher(OpenAITeacher(...), Store("distillery.duckdb"), run_id=run.id)
+    done = await teacher.agenerate(requests)     # same contract as any Teacher
+    teacher.last_stats                           # LedgerStats(requested=.., cached=.., sent=.., ok=.., failed=..)
+
+- A key already ``ok`` is served from the ledger (``Completion.cached=True``) and never sent.
+- Requests with the same key in one batch are sent once; every position gets the answer.
+- Each result is appended to the store's journal as soon as it arrives (``store.spool``,
+  fsynced; results that arrive while a write is in progress go together in the next
+  one), and the journal is merged into the database when the batch ends. A process
+  killed mid-batch loses at most the requests that were on the wire.
+- A request that finally fails is recorded ``failed`` with its reason and is sent again
+  on the next run; an "ok" answer with no text is recorded as failed ("empty content"),
+  so a failure never turns into an empty sample.
+
+This module talks to ``storage`` (the ledger is a table) but a teacher without a store
+works the same minus the bookkeeping: methods never need to know which they have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.ipc
+
+from generators.teachers.base import ChatRequest, Completion, Teacher, TokenLogprob
+from storage.errors import DatabaseError
+from storage.records import RequestRecord
+
+log = logging.getLogger(__name__)
+
+# Ledger rows already paid for, for a batch of keys (bound as one list parameter).
+OK_REQUESTS_SQL = """
+SELECT key, response_text, finish_reason, prompt_tokens, completion_tokens, latency_s,
+       attempts, logprobs, model
+FROM requests
+WHERE status = 'ok' AND key IN (SELECT unnest(?::VARCHAR[]))"""
+
+
+@dataclass
+class LedgerStats:
+    """What the last batch cost: ``sent`` requests went to the teacher, ``cached`` did not."""
+
+    requested: int = 0
+    cached: int = 0
+    duplicate: int = 0
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+
+
+class _JournalWriter:
+    """Appends ledger rows to the journal in the background, grouping whatever arrived
+    while the previous (fsynced) append was running: one fsync per group, not per row."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.pending: list[RequestRecord] = []
+        self.written = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.ensure_future(self._run())
+
+    def put(self, record: RequestRecord) -> None:
+        self.pending.append(record)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.pending:
+                batch, self.pending = self.pending, []
+                self.written += await asyncio.to_thread(self.store.spool, batch)
+            if self._closing:
+                return
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        await self._task
+
+
+class LedgeredTeacher(Teacher):
+    """Any teacher, with every request keyed, looked up and recorded in the ``requests`` table."""
+
+    def __init__(self, inner: Teacher, store: Any, *, run_id: str | None = None,
+                 merge: bool = True) -> None:
+        super().__init__(inner.model, defaults=inner.defaults)
+        self.inner = inner
+        self.backend = inner.backend
+        self.store = store
+        self.run_id = run_id
+        self.merge = merge
+        self.last_stats = LedgerStats()
+
+    def __repr__(self) -> str:
+        return f"LedgeredTeacher({self.inner!r}, {self.store!r})"
+
+    def key(self, request: ChatRequest) -> str:
+        return self.inner.key(request)
+
+    # -- looking up ------------------------------------------------------------------------
+    def lookup(self, keys: list[str]) -> dict[str, Completion]:
+        """Completions already ``ok`` in the ledger (database or pending journal), by key."""
+        if not keys:
+            return {}
+        rows: list[dict[str, Any]] = []
+        if self.store.path.exists():
+            try:
+                rows = self.store.query(OK_REQUESTS_SQL, [keys])
+            except DatabaseError as err:  # locked too long: fall back to the journal alone
+                log.warning("ledger lookup in %s failed (%s); using the journal only", self.store.path, err)
+        found = {row["key"]: row for row in rows}
+        found.update(self._journal_ok(set(keys) - set(found)))
+        return {key: _cached_completion(key, row) for key, row in found.items()}
+
+    def _journal_ok(self, keys: set[str]) -> dict[str, dict[str, Any]]:
+        """Ok rows for ``keys`` in journal segments not merged yet (e.g. after a crash)."""
+        found: dict[str, dict[str, Any]] = {}
+        if not keys:
+            return found
+        for path in self.store.journal_segments():
+            try:
+                with pa.memory_map(str(path)) as source:
+                    table = pa.ipc.open_file(source).read_all()
+            except (OSError, pa.ArrowInvalid):
+                continue
+            if not {"key", "status", "response_text"} <= set(table.column_names):
+                continue
+            for row in table.to_pylist():
+                if row["status"] == "ok" and row["key"] in keys:
+                    found[row["key"]] = row
+        return found
+
+    # -- generating ------------------------------------------------------------------------
+    def _record(self, request: ChatRequest, done: Completion) -> tuple[RequestRecord, Completion]:
+        if done.ok and not (done.text or "").strip():
+            done = done.model_copy(update={"ok": False, "text": None, "error": "empty content"})
+        record = RequestRecord(
+            key=done.key, model=self.inner.model, backend=self.inner.backend, kind=request.kind,
+            messages=[dict(m) for m in request.messages] if request.messages is not None else None,
+            prompt=request.prompt, params=request.params.merged_over(self.inner.defaults).as_dict(),
+            sample_index=request.sample_index, status="ok" if done.ok else "failed",
+            response_text=done.text if done.ok else None, finish_reason=done.finish_reason,
+            prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
+            latency_s=done.latency_s, attempts=done.attempts,
+            error=None if done.ok else (done.error or "failed without a reason"),
+            logprobs=[t.model_dump() for t in done.logprobs] if done.logprobs else None,
+            run_id=self.run_id,
+        )
+        return record, done
+
+    async def astream(self, requests: list[ChatRequest]) -> AsyncIterator[tuple[int, Completion]]:
+        requests = list(requests)
+        keys = [self.key(r) for r in requests]
+        stats = self.last_stats = LedgerStats(requested=len(requests))
+        cached = await asyncio.to_thread(self.lookup, list(set(keys)))
+        positions: dict[str, list[int]] = {}
+        todo: list[ChatRequest] = []
+        for i, (key, request) in enumerate(zip(keys, requests)):
+            if key in cached:
+                stats.cached += 1
+                yield i, cached[key].model_copy(update={"tag": request.tag})
+            elif key in positions:
+                stats.duplicate += 1
+                positions[key].append(i)
+            else:
+                positions[key] = [i]
+                todo.append(request)
+        if not todo:
+            return
+        stats.sent = len(todo)
+        writer = _JournalWriter(self.store)
+        try:
+            async for j, done in self.inner.astream(todo):
+                record, done = self._record(todo[j], done)
+                writer.put(record)
+                stats.ok += done.ok
+                stats.failed += not done.ok
+                for i in positions[record.key]:
+                    yield i, done.model_copy(update={"tag": requests[i].tag})
+        finally:
+            await writer.close()
+            if self.merge:
+                await asyncio.to_thread(self._merge)
+        if stats.failed:
+            log.warning("%d of %d requests to %s failed; they will be retried on the next run",
+                        stats.failed, stats.sent, self.model)
+
+    def _merge(self) -> None:
+        try:
+            self.store.merge_journal()
+        except DatabaseError as err:  # busy: the journal keeps the rows for the next commit
+            log.info("ledger rows stay in the journal for now: %s", err)
+
+    async def agenerate(self, requests: list[ChatRequest]) -> list[Completion]:
+        out: list[Completion | None] = [None] * len(requests)
+        async for i, done in self.astream(list(requests)):
+            out[i] = done
+        return out  # type: ignore[return-value]
+
+    async def adetach(self) -> None:
+        await self.inner.adetach()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _cached_completion(key: str, row: dict[str, Any]) -> Completion:
+    logprobs = row.get("logprobs")
+    if isinstance(logprobs, str):
+        logprobs = json.loads(logprobs)
+    return Completion(
+        key=key, ok=True, text=row["response_text"], finish_reason=row.get("finish_reason"),
+        prompt_tokens=row.get("prompt_tokens"), completion_tokens=row.get("completion_tokens"),
+        latency_s=row.get("latency_s"), attempts=row.get("attempts") or 1,
+        logprobs=[TokenLogprob(**t) for t in logprobs] if logprobs else None,
+        cached=True, model=row.get("model"),
+    )
