@@ -47,6 +47,7 @@ import numpy as np
 import rensa
 
 from filters.base import Decision
+from filters.config import MinHashConfig
 from storage.records import MinHashSignature, normalize_text
 
 REASON = "near_duplicate"
@@ -135,6 +136,11 @@ class MinHashIndex:
         self._ids: list[str] = []  # entry -> item id
         self._entry: dict[str, int] = {}  # item id -> entry
         self._buckets: list[dict[int, list[int]]] = [{} for _ in range(self.bands)]
+
+    @classmethod
+    def from_config(cls, config: MinHashConfig) -> "MinHashIndex":
+        """The index a :class:`filters.config.MinHashConfig` describes."""
+        return cls(config.threshold, num_perm=config.num_perm, ngram=config.ngram, seed=config.seed, bands=config.bands)
 
     @property
     def config(self) -> str:

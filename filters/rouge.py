@@ -45,6 +45,7 @@ import numpy as np
 from rouge_score import tokenizers
 
 from filters.base import Decision
+from filters.config import RougeConfig
 
 REASON = "too_similar"
 
@@ -140,6 +141,11 @@ class RougeNovelty:
         self._size = 0
         # Entries longer than 64 tokens: entry id -> (token id -> big-int position mask).
         self._long: dict[int, dict[int, int]] = {}
+
+    @classmethod
+    def from_config(cls, config: RougeConfig) -> "RougeNovelty":
+        """The filter a :class:`filters.config.RougeConfig` describes."""
+        return cls(config.threshold, use_stemmer=config.use_stemmer)
 
     # -- building the pool -------------------------------------------------------------
 
