@@ -26,3 +26,7 @@ class DatabaseError(DistillError):
 
 class TeacherError(DistillError):
     """A teacher cannot be used at all (server did not start, white-box on an API teacher)."""
+
+
+class DatabaseLockedError(DatabaseError):
+    """Another process held the database longer than we were willing to wait."""

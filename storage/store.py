@@ -1,0 +1,646 @@
+"""The DuckDB system of record: migrations, ingest, the journal, and read-only queries.
+
+DuckDB lets one process write a database file and locks it against every other process
+(readers included) while it is open for writing. So this module never keeps the file
+open: each commit opens a connection, writes, and closes it; readers open ``read_only``
+and retry while a writer holds the lock; and a writer that cannot get the lock appends
+its batch to a journal beside the database (``<db>.journal/``, one Arrow IPC file per
+table per batch, fsynced and renamed into place) that the next successful commit merges.
+Content keys plus ``ON CONFLICT`` make every replay of the journal harmless.
+
+    store = Store("distillery.duckdb")
+    result = store.ingest([instruction, sample])     # IngestResult(new=..., duplicate=...)
+    rows = store.query("SELECT method, count(*) AS n FROM instructions GROUP BY 1")
+    with store.write() as con:                       # a short-lived writing connection
+        con.execute("UPDATE runs SET status = 'done' WHERE id = ?", [run_id])
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import os
+import re
+import subprocess
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.ipc
+
+from storage.errors import DatabaseError, DatabaseLockedError
+from storage.records import ALL_RECORD_TYPES, Record, canonical_json, utcnow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "distillery.duckdb"
+"""File name used when neither ``--db`` nor ``DISTILL_DB`` says otherwise."""
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_MIGRATION_FILE = re.compile(r"^(\d+)_([A-Za-z0-9_]+)\.sql$")
+
+# Tables every database has; what `distill db stats` counts, in lineage order.
+TABLES: tuple[str, ...] = (
+    "runs",
+    "requests",
+    "instructions",
+    "samples",
+    "filter_decisions",
+    "minhash_signatures",
+    "datasets",
+    "dataset_items",
+    "training_runs",
+    "evaluations",
+)
+
+# --- SQL used at run time -------------------------------------------------------------
+
+SCHEMA_VERSION_DDL = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version    INTEGER PRIMARY KEY,
+    name       VARCHAR NOT NULL,
+    applied_at TIMESTAMP NOT NULL
+)"""
+SCHEMA_VERSION_EXISTS_SQL = (
+    "SELECT count(*) FROM information_schema.tables "
+    "WHERE table_schema = 'main' AND table_name = 'schema_version'"
+)
+CURRENT_VERSION_SQL = "SELECT coalesce(max(version), 0) FROM schema_version"
+RECORD_MIGRATION_SQL = "INSERT INTO schema_version (version, name, applied_at) VALUES (?, ?, ?)"
+COUNT_ROWS_SQL = "SELECT count(*) FROM {table}"
+
+# Content-keyed tables: a row whose key exists is a duplicate and is left alone.
+INSERT_IGNORE_SQL = """
+INSERT INTO {table} ({columns})
+SELECT {columns} FROM {source}
+ON CONFLICT DO NOTHING"""
+
+# The teacher ledger: a failed request may be retried and become ok (or fail again with
+# a newer error); an ok row never changes. Within one batch the ok row (else the last)
+# of each key wins, since DuckDB cannot update one row twice in a statement.
+UPSERT_REQUESTS_SQL = """
+INSERT INTO requests ({columns})
+SELECT {columns} FROM {source}
+QUALIFY row_number() OVER (PARTITION BY key ORDER BY (status = 'ok') DESC, _seq DESC) = 1
+ON CONFLICT (key) DO UPDATE SET {assignments}
+WHERE requests.status <> 'ok'"""
+
+# Flow runs are written when they start and again when they end: the latest state wins,
+# except that a finished run is never put back to an unfinished state by a late replay.
+UPSERT_RUNS_SQL = """
+INSERT INTO runs ({columns})
+SELECT {columns} FROM {source}
+QUALIFY row_number() OVER (PARTITION BY id ORDER BY _seq DESC) = 1
+ON CONFLICT (id) DO UPDATE SET {assignments}
+WHERE runs.ended_at IS NULL OR excluded.ended_at IS NOT NULL"""
+
+EXISTING_KEYS_SQL = "SELECT count(DISTINCT b.{key}) FROM {source} b JOIN {table} t ON t.{key} = b.{key}"
+
+# Referential checks (no FOREIGN KEYs in the schema, see 001_init.sql): each query
+# returns offending ids; `check_integrity()` reports the non-empty ones.
+INTEGRITY_CHECKS: dict[str, str] = {
+    "sample without instruction": (
+        "SELECT s.id FROM samples s ANTI JOIN instructions i ON i.id = s.instruction_id"
+    ),
+    "instruction with unknown parent": (
+        "SELECT c.id FROM instructions c ANTI JOIN instructions p ON p.id = c.parent_id "
+        "WHERE c.parent_id IS NOT NULL"
+    ),
+    "sample with empty response": "SELECT id FROM samples WHERE trim(response) = ''",
+    "ok request without response": (
+        "SELECT key FROM requests WHERE status = 'ok' AND response_text IS NULL"
+    ),
+    "dataset item without dataset": (
+        "SELECT DISTINCT d.dataset_name || '@' || d.version FROM dataset_items d "
+        "ANTI JOIN datasets s ON s.name = d.dataset_name AND s.version = d.version"
+    ),
+}
+
+# How each record table is written. Tables not listed use INSERT_IGNORE_SQL.
+_UPSERT_SQL = {"requests": UPSERT_REQUESTS_SQL, "runs": UPSERT_RUNS_SQL}
+_RECORD_TYPES: dict[str, type[Record]] = {cls.__table__: cls for cls in ALL_RECORD_TYPES}
+
+_TABLE_META = b"distillery.table"  # Arrow schema metadata naming a journal segment's table
+_STALE_TMP_S = 600  # a half-written journal file older than this belonged to a dead writer
+
+
+# --- small public helpers -------------------------------------------------------------
+
+
+def default_db_path(db: str | os.PathLike[str] | None = None) -> Path:
+    """The database to use: ``db`` if given (the CLI's ``--db``), else ``$DISTILL_DB``,
+    else ``./distillery.duckdb``."""
+    return Path(db or os.environ.get("DISTILL_DB") or DEFAULT_DB)
+
+
+@functools.cache
+def code_version() -> str:
+    """What code produced a run or dataset: ``git describe`` of the checkout when there is
+    one (``-dirty`` if it has local changes), else the installed package version."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--tags"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return "distillery-" + importlib.metadata.version("distillery")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def migrations() -> list[tuple[int, str, Path]]:
+    """The migration files shipped with this code, as (version, name, path), in order."""
+    found = []
+    for path in MIGRATIONS_DIR.iterdir():
+        m = _MIGRATION_FILE.match(path.name)
+        if m:
+            found.append((int(m.group(1)), m.group(2), path))
+    return sorted(found)
+
+
+def latest_schema_version() -> int:
+    """The schema version this code writes (the highest migration number)."""
+    return migrations()[-1][0]
+
+
+@dataclass
+class IngestResult:
+    """What one ``Store.ingest`` call did, per table.
+
+    ``new`` counts rows actually inserted; ``duplicate`` counts rows whose key was already
+    stored (or repeated within the batch); ``updated`` counts upserted rows that changed
+    (a failed request that became ok, a run that finished). When the database was locked
+    the batch went to the journal instead: ``spooled`` is True, ``spooled_rows`` says how
+    many rows, and the per-table counts are empty (they are known only at the merge).
+    ``merged`` is the number of journal rows replayed before this batch was written.
+    """
+
+    new: dict[str, int] = field(default_factory=dict)
+    duplicate: dict[str, int] = field(default_factory=dict)
+    updated: dict[str, int] = field(default_factory=dict)
+    spooled: bool = False
+    spooled_rows: int = 0
+    merged: int = 0
+
+    @property
+    def total_new(self) -> int:
+        return sum(self.new.values())
+
+    @property
+    def total_duplicate(self) -> int:
+        return sum(self.duplicate.values())
+
+    def __str__(self) -> str:
+        if self.spooled:
+            return f"database busy: {self.spooled_rows} rows spooled to the journal"
+        merged = f" (+{self.merged} journal rows merged)" if self.merged else ""
+        parts = [
+            f"{table}: {self.new.get(table, 0)} new, {self.duplicate.get(table, 0)} duplicate"
+            + (f", {self.updated[table]} updated" if self.updated.get(table) else "")
+            for table in sorted(set(self.new) | set(self.duplicate))
+        ]
+        return ("; ".join(parts) or "nothing to ingest") + merged
+
+
+# --- records <-> Arrow ----------------------------------------------------------------
+
+
+def _json_texts(values: list[Any]) -> list[str | None]:
+    """``canonical_json`` of each value, computed once per distinct flat dict.
+
+    Serializing dominates ingest time otherwise: a batch's samples mostly share one
+    sampling-params dict and an empty metadata dict, so cache by the dict's items.
+    """
+    cache: dict[tuple[Any, ...], str] = {}
+    out: list[str | None] = []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        if type(value) is dict:
+            key = tuple(value.items())
+            try:
+                text = cache.get(key)
+            except TypeError:  # nested lists/dicts inside: not hashable, just serialize
+                out.append(canonical_json(value))
+                continue
+            if text is None:
+                text = cache[key] = canonical_json(value)
+            out.append(text)
+        else:
+            out.append(canonical_json(value))
+    return out
+
+
+def records_to_arrow(records: Sequence[Record]) -> pa.Table:
+    """Records of one type as an Arrow table with the columns of ``Record.row()``.
+
+    Built column by column from attributes rather than through ``row()`` per record:
+    the result is the same and it is several times faster on large batches.
+    """
+    cls = type(records[0])
+    json_columns = set(cls.json_columns())
+    # Pydantic keeps field values in the instance __dict__; reading it directly is the
+    # fastest way to transpose records into columns.
+    dicts = [r.__dict__ for r in records]
+    columns: dict[str, list[Any]] = {}
+    for name in cls.model_fields:
+        values = [d[name] for d in dicts]
+        columns[name] = _json_texts(values) if name in json_columns else values
+    table = pa.table(columns)
+    return table.replace_schema_metadata({_TABLE_META: cls.__table__.encode()})
+
+
+def _group_by_table(records: Iterable[Record]) -> dict[str, pa.Table]:
+    by_type: dict[type[Record], list[Record]] = defaultdict(list)
+    for record in records:
+        by_type[type(record)].append(record)
+    tables: dict[str, pa.Table] = {}
+    for cls, group in by_type.items():
+        if cls.__table__ not in _RECORD_TYPES:
+            raise TypeError(f"{cls.__name__} is not a stored record type")
+        tables[cls.__table__] = records_to_arrow(group)
+    return tables
+
+
+# --- the store ------------------------------------------------------------------------
+
+# One writer at a time per database file within this process: threads of one flow
+# share DuckDB's in-process instance, where concurrent inserts of the same key would
+# fail with a transaction conflict instead of de-duplicating.
+_process_write_locks: dict[Path, threading.RLock] = defaultdict(threading.RLock)
+
+
+def _is_lock_error(err: Exception) -> bool:
+    return "lock" in str(err).lower() and isinstance(err, (duckdb.IOException, duckdb.ConnectionException))
+
+
+class Store:
+    """The DuckDB database file and its journal. Cheap to create; holds no open file.
+
+    Args:
+        path: the database file (see ``default_db_path()``); created on first write.
+        lock_timeout: seconds ``ingest`` waits for the write lock before spooling.
+        write_timeout: seconds ``write()``/``init()``/``merge_journal()`` wait for it
+            (they cannot spool) before raising ``DatabaseLockedError``.
+        read_timeout: seconds a read waits for a writer to let go before raising.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        lock_timeout: float = 1.0,
+        write_timeout: float = 30.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        self.path = default_db_path(path).resolve()
+        self.journal_dir = self.path.with_name(self.path.name + ".journal")
+        self.lock_timeout = lock_timeout
+        self.write_timeout = write_timeout
+        self.read_timeout = read_timeout
+        self._schema_ok = False  # migrations checked/applied by this object already
+        self._write_con: duckdb.DuckDBPyConnection | None = None  # inside write()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r})"
+
+    # -- connections -------------------------------------------------------------------
+
+    def _connect(self, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
+        """Open the file, retrying with backoff while another process holds the lock."""
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.Error as err:
+                if _is_lock_error(err):
+                    if time.monotonic() < deadline:
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.1)
+                        continue
+                    raise DatabaseLockedError(
+                        f"database {self.path} is locked by another process "
+                        f"(waited {timeout:g}s): {str(err).splitlines()[0]}"
+                    ) from err
+                if read_only and "different configuration" in str(err):
+                    # This process already has the file open for writing (another Store
+                    # object inside write()); DuckDB shares that instance in-process.
+                    return duckdb.connect(str(self.path))
+                raise self._open_error(err) from err
+
+    def _open_error(self, err: Exception) -> DatabaseError:
+        msg = str(err).splitlines()[0]
+        if "not a valid DuckDB database" in msg or "not a DuckDB" in msg:
+            return DatabaseError(f"{self.path} is not a DuckDB database file")
+        return DatabaseError(f"cannot open database {self.path}: {msg}")
+
+    @contextmanager
+    def _reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._write_con is not None:  # a read inside write() sees that transaction
+            yield self._write_con
+            return
+        if not self.path.exists():
+            raise DatabaseError(
+                f"database {self.path} does not exist (run `distill db init` or ingest something first)"
+            )
+        con = self._connect(read_only=True, timeout=self.read_timeout)
+        try:
+            if not self._schema_ok:
+                self._check_not_newer(self._db_version(con))
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _writing(self, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A migrated read-write connection held for one commit, then closed."""
+        with _process_write_locks[self.path]:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = self._connect(read_only=False, timeout=timeout)
+            try:
+                if not self._schema_ok:
+                    self._migrate(con)
+                yield con
+            finally:
+                con.close()
+
+    # -- schema ------------------------------------------------------------------------
+
+    @staticmethod
+    def _db_version(con: duckdb.DuckDBPyConnection) -> int:
+        if not con.execute(SCHEMA_VERSION_EXISTS_SQL).fetchone()[0]:
+            return 0
+        return int(con.execute(CURRENT_VERSION_SQL).fetchone()[0])
+
+    def _check_not_newer(self, version: int) -> None:
+        latest = latest_schema_version()
+        if version > latest:
+            raise DatabaseError(
+                f"database {self.path} has schema version {version}, newer than this "
+                f"distillery understands ({latest}); upgrade distillery to use it"
+            )
+
+    def _migrate(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Apply every migration newer than the database, each in its own transaction."""
+        con.execute(SCHEMA_VERSION_DDL)
+        current = self._db_version(con)
+        self._check_not_newer(current)
+        for version, name, path in migrations():
+            if version <= current:
+                continue
+            con.begin()
+            try:
+                con.execute(path.read_text(encoding="utf-8"))
+                con.execute(RECORD_MIGRATION_SQL, [version, name, utcnow()])
+                con.commit()
+            except duckdb.Error as err:
+                con.rollback()
+                raise DatabaseError(f"migration {path.name} failed on {self.path}: {err}") from err
+            log.info("applied migration %s to %s", path.name, self.path)
+            current = version
+        self._schema_ok = True
+        return current
+
+    def init(self) -> int:
+        """Create the database if needed and bring it to the latest schema; the version."""
+        self._schema_ok = False  # always re-check: `distill db migrate` means it
+        with self._writing(self.write_timeout) as con:
+            self._merge_journal(con)
+            return self._db_version(con)
+
+    migrate = init
+
+    def schema_version(self) -> int:
+        """The database's schema version (0 if the file does not exist yet)."""
+        if not self.path.exists():
+            return 0
+        with self._reading() as con:
+            return self._db_version(con)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def ingest(self, records: Iterable[Record]) -> IngestResult:
+        """Write a batch of records (any mix of types) and merge the pending journal.
+
+        Rows go in through one Arrow scan per table with ``ON CONFLICT DO NOTHING``
+        (requests and runs upsert, see the SQL above), in one transaction. If another
+        process holds the database for longer than ``lock_timeout``, the batch is
+        spooled to the journal instead and ``result.spooled`` is True: it is durable
+        when this returns and lands in the database at the next successful commit.
+        """
+        batches = _group_by_table(records)
+        try:
+            with self._writing(self.lock_timeout) as con:
+                merged = self._merge_journal(con)
+                result = IngestResult(merged=merged)
+                con.begin()
+                try:
+                    for table, batch in batches.items():
+                        self._insert(con, table, batch, result)
+                    con.commit()
+                except BaseException:
+                    con.rollback()
+                    raise
+                return result
+        except DatabaseLockedError:  # only opening the file raises it
+            rows = self._spool_tables(batches.values())
+            log.info("database %s busy: spooled %d rows to %s", self.path, rows, self.journal_dir)
+            return IngestResult(spooled=True, spooled_rows=rows)
+
+    def _insert(self, con: duckdb.DuckDBPyConnection, table: str, batch: pa.Table, result: IngestResult) -> None:
+        """Insert one Arrow table into ``table``, adding its counts to ``result``."""
+        cls = _RECORD_TYPES[table]
+        columns = [c for c in cls.model_fields]
+        column_list = ", ".join(columns)
+        source = f"_batch_{table}"
+        upsert = _UPSERT_SQL.get(table)
+        if upsert:
+            batch = batch.append_column("_seq", pa.array(range(batch.num_rows), pa.int64()))
+        con.register(source, batch)
+        try:
+            if upsert is None:
+                inserted = con.execute(
+                    INSERT_IGNORE_SQL.format(table=table, columns=column_list, source=source)
+                ).fetchone()[0]
+                new, updated = inserted, 0
+            else:
+                key = cls.__key__[0]
+                existing = con.execute(EXISTING_KEYS_SQL.format(key=key, source=source, table=table)).fetchone()[0]
+                assignments = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
+                affected = con.execute(
+                    upsert.format(columns=column_list, source=source, assignments=assignments)
+                ).fetchone()[0]
+                distinct = len(set(batch.column(key).to_pylist()))
+                new = distinct - existing
+                updated = affected - new
+        finally:
+            con.unregister(source)
+        result.new[table] = result.new.get(table, 0) + new
+        result.updated[table] = result.updated.get(table, 0) + updated
+        result.duplicate[table] = result.duplicate.get(table, 0) + batch.num_rows - new
+
+    @contextmanager
+    def write(self, timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection inside one transaction, committed and closed on exit
+        (rolled back on an exception). Keep the block short: every other process is
+        locked out of the database while it runs. Merges the journal first."""
+        with self._writing(self.write_timeout if timeout is None else timeout) as con:
+            self._merge_journal(con)
+            con.begin()
+            self._write_con = con
+            try:
+                yield con
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+            finally:
+                self._write_con = None
+
+    # -- the journal -------------------------------------------------------------------
+
+    def spool(self, records: Iterable[Record]) -> int:
+        """Append records to the journal without touching the database; returns the
+        number of rows written. Durable on return (fsynced), even against kill -9."""
+        return self._spool_tables(_group_by_table(records).values())
+
+    def _spool_tables(self, tables: Iterable[pa.Table]) -> int:
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        rows = 0
+        for table in tables:
+            # Write to a temporary name, fsync, then rename: a segment is either complete
+            # or absent, so a merge never reads half a batch.
+            name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = self.journal_dir / f"{name}.tmp"
+            with open(tmp, "wb") as f:
+                with pa.ipc.new_file(f, table.schema) as writer:
+                    writer.write_table(table)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.rename(self.journal_dir / f"{name}.arrow")
+            rows += table.num_rows
+        _fsync_dir(self.journal_dir)  # make the renames themselves durable
+        return rows
+
+    def journal_segments(self) -> list[Path]:
+        """Complete journal segments waiting to be merged, oldest first."""
+        if not self.journal_dir.is_dir():
+            return []
+        return sorted(self.journal_dir.glob("*.arrow"))
+
+    def journal_rows(self) -> int:
+        """How many rows the journal holds (read from the segments' metadata)."""
+        total = 0
+        for path in self.journal_segments():
+            with pa.memory_map(str(path)) as source:
+                reader = pa.ipc.open_file(source)
+                total += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        return total
+
+    def merge_journal(self) -> int:
+        """Merge pending journal segments into the database now; returns rows replayed."""
+        with self._writing(self.write_timeout) as con:
+            return self._merge_journal(con)
+
+    def _merge_journal(self, con: duckdb.DuckDBPyConnection) -> int:
+        """Replay every complete segment in one transaction, then delete them.
+
+        Deleting only after the commit means a crash in between replays the segments
+        next time, which content keys make harmless. Segments written while we merge are
+        not in our listing and wait for the next commit.
+        """
+        segments = self.journal_segments()
+        self._remove_stale_tmp()
+        if not segments:
+            return 0
+        good: list[Path] = []
+        rows = 0
+        con.begin()
+        try:
+            for path in segments:
+                try:
+                    with pa.memory_map(str(path)) as source:
+                        table = pa.ipc.open_file(source).read_all()
+                    name = (table.schema.metadata or {}).get(_TABLE_META, b"").decode()
+                    if name not in _RECORD_TYPES:
+                        raise ValueError(f"unknown table {name!r}")
+                except (pa.ArrowInvalid, OSError, ValueError) as err:
+                    # Keep the bytes for a human to look at, but stop replaying them.
+                    log.warning("journal segment %s unreadable (%s); renamed to .bad", path, err)
+                    path.rename(path.with_suffix(".bad"))
+                    continue
+                self._insert(con, name, table, IngestResult())
+                rows += table.num_rows
+                good.append(path)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        for path in good:
+            path.unlink(missing_ok=True)
+        log.info("merged %d journal rows from %d segments into %s", rows, len(good), self.path)
+        return rows
+
+    def _remove_stale_tmp(self) -> None:
+        now = time.time()
+        for tmp in self.journal_dir.glob("*.tmp") if self.journal_dir.is_dir() else ():
+            try:
+                if now - tmp.stat().st_mtime > _STALE_TMP_S:
+                    tmp.unlink()  # never acknowledged: its spool() call did not return
+            except FileNotFoundError:
+                pass
+
+    # -- reading -----------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read-only query; rows as dicts. Retries while a writer holds the lock."""
+        with self._reading() as con:
+            cursor = con.execute(sql, params)
+            names = [d[0] for d in cursor.description or ()]
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def query_arrow(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> pa.Table:
+        """Run a read-only query; the result as a ``pyarrow.Table``."""
+        with self._reading() as con:
+            return con.sql(sql, params=params).to_arrow_table()
+
+    def table_counts(self) -> dict[str, int]:
+        """Row count of every table of the data model."""
+        with self._reading() as con:
+            return {t: con.execute(COUNT_ROWS_SQL.format(table=t)).fetchone()[0] for t in TABLES}
+
+    def check_integrity(self) -> dict[str, list[Any]]:
+        """Referential and content checks; maps each failed check to (up to 20) offending ids."""
+        problems: dict[str, list[Any]] = {}
+        with self._reading() as con:
+            for name, sql in INTEGRITY_CHECKS.items():
+                bad = [row[0] for row in con.execute(sql + " LIMIT 20").fetchall()]
+                if bad:
+                    problems[name] = bad
+        return problems
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
