@@ -2,3 +2,15 @@
 
 # Teachers: a fake OpenAI-compatible server with injectable faults (``fake_openai``).
 from fake_openai_server import _fake_openai_session, fake_openai  # noqa: F401
+
+# Storage: a fresh, migrated DuckDB file per test (``store``).
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def store(tmp_path):
+    from storage.store import Store
+
+    s = Store(tmp_path / "test.duckdb", lock_timeout=0.2, read_timeout=5)
+    s.init()
+    return s

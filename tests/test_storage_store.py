@@ -1,0 +1,186 @@
+"""Store: migrations, ingest/dedup, ledger upserts, integrity, and bad database files."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import pytest
+
+from storage import store as store_module
+from storage.errors import DatabaseError
+from storage.records import (
+    FilterDecision,
+    Instruction,
+    MinHashSignature,
+    RequestRecord,
+    Run,
+    Sample,
+    utcnow,
+)
+from storage.store import TABLES, Store, latest_schema_version, records_to_arrow
+
+
+def _seed_records(n: int = 5) -> tuple[list[Instruction], list[Sample]]:
+    instructions = [Instruction(text=f"Task number {i}", method="seed") for i in range(n)]
+    samples = [Sample(instruction_id=i.id, response=f"Answer to {i.text}", method="seed") for i in instructions]
+    return instructions, samples
+
+
+def test_init_creates_every_table_and_records_version(store):
+    assert store.schema_version() == latest_schema_version() >= 1
+    assert set(store.table_counts()) == set(TABLES)
+    assert store.query("SELECT count(*) AS n FROM schema_version")[0]["n"] == len(store_module.migrations())
+    assert store.query("SELECT * FROM sample_view") == []
+
+
+def test_older_database_is_upgraded_on_open(tmp_path, monkeypatch):
+    db = tmp_path / "old.duckdb"
+    Store(db).init()  # a database at version 1
+    # This "newer code" ships a second migration.
+    migrations = tmp_path / "migrations"
+    shutil.copytree(store_module.MIGRATIONS_DIR, migrations)
+    (migrations / "999_extra.sql").write_text("CREATE TABLE extra (a INTEGER);")
+    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+
+    s = Store(db)
+    s.ingest([Instruction(text="hello", method="seed")])  # first write upgrades
+    assert s.schema_version() == 999
+    assert s.query("SELECT count(*) AS n FROM extra") == [{"n": 0}]
+
+
+def test_newer_database_is_refused(tmp_path):
+    db = tmp_path / "new.duckdb"
+    Store(db).init()
+    con = duckdb.connect(str(db))
+    con.execute("INSERT INTO schema_version VALUES (9999, 'from_the_future', now())")
+    con.close()
+    for action in (lambda s: s.query("SELECT 1"), lambda s: s.ingest([]), lambda s: s.init()):
+        with pytest.raises(DatabaseError, match="newer than this distillery"):
+            action(Store(db))
+
+
+def test_not_a_duckdb_file(tmp_path):
+    bad = tmp_path / "notes.duckdb"
+    bad.write_text("this is a text file, not a database\n" * 200)
+    with pytest.raises(DatabaseError, match="notes.duckdb is not a DuckDB database"):
+        Store(bad).query("SELECT 1")
+    with pytest.raises(DatabaseError, match="not a DuckDB database"):
+        Store(bad).ingest([Instruction(text="x", method="seed")])
+
+
+def test_reading_a_missing_database_says_so(tmp_path):
+    with pytest.raises(DatabaseError, match="does not exist"):
+        Store(tmp_path / "nope.duckdb").query("SELECT 1")
+
+
+def test_reingest_is_all_duplicates(store):
+    instructions, samples = _seed_records()
+    first = store.ingest(instructions + samples)
+    assert first.new == {"instructions": 5, "samples": 5}
+    assert first.duplicate == {"instructions": 0, "samples": 0}
+
+    # The same content again, re-created (new timestamps) and with whitespace/case noise.
+    again = [Instruction(text=f"  task NUMBER {i} ", method="seed") for i in range(5)]
+    second = store.ingest(again + samples + samples)
+    assert second.new == {"instructions": 0, "samples": 0}
+    assert second.duplicate == {"instructions": 5, "samples": 10}
+    assert store.table_counts()["instructions"] == 5
+
+
+def test_mixed_batch_and_all_record_types(store):
+    ins, samples = _seed_records(2)
+    run = Run(flow="test", config={"a": 1})
+    result = store.ingest(
+        [
+            run,
+            *ins,
+            *samples,
+            FilterDecision(item_id=samples[0].id, filter="quality.refusal", kept=False, score=0.9, reason="refusal"),
+            MinHashSignature(item_id=samples[0].id, config="p4-n3-s0", signature=[0, 1, 2**32 - 1, 7]),
+            RequestRecord(key="k", model="m", backend="scripted", status="ok", response_text="hi", messages=[{"role": "user", "content": "x"}]),
+        ]
+    )
+    assert result.total_new == 8 and result.total_duplicate == 0
+    row = store.query("SELECT config FROM runs")[0]
+    assert row["config"] == '{"a":1}'
+    assert store.query("SELECT signature FROM minhash_signatures")[0]["signature"] == [0, 1, 2**32 - 1, 7]
+    assert store.query("SELECT reason FROM filter_decisions WHERE NOT kept") == [{"reason": "refusal"}]
+    view = store.query("SELECT instruction, response, instruction_method FROM sample_view ORDER BY 1")
+    assert view[0] == {"instruction": "Task number 0", "response": "Answer to Task number 0", "instruction_method": "seed"}
+
+
+def test_arrow_conversion_matches_record_row():
+    _, samples = _seed_records(3)
+    samples[1] = samples[1].model_copy(update={"sampling_params": {"temperature": 0.7, "n": [1, 2]}})
+    table = records_to_arrow(samples)
+    assert table.to_pylist() == [s.row() for s in samples]
+
+
+def test_request_ledger_upsert(store):
+    def req(key, status, **kw):
+        return RequestRecord(key=key, model="m", backend="scripted", status=status, **kw)
+
+    r = store.ingest([req("a", "failed", error="timeout"), req("b", "ok", response_text="B")])
+    assert r.new == {"requests": 2}
+    # a: failed -> ok is an update; b: ok never changes, even to a "newer" failure.
+    r = store.ingest([req("a", "ok", response_text="A", attempts=2), req("b", "failed", error="http 503")])
+    assert (r.new, r.updated, r.duplicate) == ({"requests": 0}, {"requests": 1}, {"requests": 2})
+    rows = {row["key"]: row for row in store.query("SELECT * FROM requests")}
+    assert (rows["a"]["status"], rows["a"]["response_text"], rows["a"]["attempts"]) == ("ok", "A", 2)
+    assert (rows["b"]["status"], rows["b"]["error"]) == ("ok", None)
+    # Within one batch, the ok row of a key wins whatever the order.
+    store.ingest([req("c", "ok", response_text="C"), req("c", "failed", error="late")])
+    assert store.query("SELECT status FROM requests WHERE key = 'c'") == [{"status": "ok"}]
+
+
+def test_run_upsert_keeps_finished_state(store):
+    run = Run(flow="generate")
+    store.ingest([run])
+    done = run.model_copy(update={"status": "completed", "ended_at": utcnow(), "counts": {"ok": 3}})
+    assert store.ingest([done]).updated == {"runs": 1}
+    store.ingest([run])  # a late replay of the "running" state does not undo completion
+    assert store.query("SELECT status, counts FROM runs") == [{"status": "completed", "counts": '{"ok":3}'}]
+
+
+def test_write_context_commits_and_rolls_back(store):
+    store.ingest([Run(id="r1", flow="x")])
+    with store.write() as con:
+        con.execute("UPDATE runs SET status = 'done' WHERE id = 'r1'")
+        assert store.query("SELECT status FROM runs") == [{"status": "done"}]  # sees own write
+    with pytest.raises(RuntimeError):
+        with store.write() as con:
+            con.execute("UPDATE runs SET status = 'broken'")
+            raise RuntimeError("boom")
+    assert store.query("SELECT status FROM runs") == [{"status": "done"}]
+
+
+def test_training_runs_and_evaluations_defaults(store):
+    with store.write() as con:
+        con.execute(
+            "INSERT INTO training_runs (id, method, dataset_name, dataset_version, params) VALUES ('t1', 'sft', 'd', 1, '{}')"
+        )
+        con.execute("INSERT INTO evaluations (training_run_id, model_label, metric, value, n) VALUES ('t1', 'sft', 'rougeL', 41.5, 10)")
+        con.execute("INSERT INTO evaluations (model_label, metric, value) VALUES ('teacher', 'rougeL', 50)")
+    rows = store.query("SELECT id, model_label, created_at IS NOT NULL AS stamped FROM evaluations ORDER BY id")
+    assert [(r["id"], r["model_label"], r["stamped"]) for r in rows] == [(1, "sft", True), (2, "teacher", True)]
+    assert store.query("SELECT status FROM training_runs") == [{"status": "running"}]
+
+
+def test_integrity_checks(store):
+    ins, samples = _seed_records(2)
+    store.ingest(ins + samples)
+    assert store.check_integrity() == {}
+    orphan = Sample(instruction_id="0" * 32, response="lost")
+    child = Instruction(text="child", method="evol_instruct", parent_id="f" * 32, operator="deepen")
+    store.ingest([orphan, child])
+    problems = store.check_integrity()
+    assert problems["sample without instruction"] == [orphan.id]
+    assert problems["instruction with unknown parent"] == [child.id]
+
+
+def test_query_arrow_and_params(store):
+    ins, _ = _seed_records(3)
+    store.ingest(ins)
+    table = store.query_arrow("SELECT text FROM instructions WHERE text LIKE ? ORDER BY text", ["%1"])
+    assert table.column("text").to_pylist() == ["Task number 1"]
