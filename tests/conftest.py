@@ -3,6 +3,9 @@
 # Teachers: a fake OpenAI-compatible server with injectable faults (``fake_openai``).
 from fake_openai_server import _fake_openai_session, fake_openai  # noqa: F401
 
+# Flows: a session-scoped Prefect test harness with its own PREFECT_HOME (``prefect_harness``).
+from prefect_harness import prefect_env, prefect_harness  # noqa: E402,F401
+
 # Storage: a fresh, migrated DuckDB file per test (``store``).
 import pytest  # noqa: E402
 

@@ -1,0 +1,250 @@
+"""Prefect artifacts the flows publish: progress, a table of counts, a markdown report with plots.
+
+    progress = Progress("generate-demo", "teacher samples kept")   # 0 % artifact now
+    progress.update(kept, target)                                   # throttled updates
+    publish_counts("generate-demo-counts", {"requested": 120, "ok": 118, ...})
+
+    report = Report("Generation report: demo")
+    report.number("kept samples", 100, "select count(*) from samples where run_id = '...'")
+    report.image("Response length (words)", length_histogram({"kept": [12, 40, ...]}))
+    report.publish("generate-demo-report")
+
+Plots are matplotlib PNGs embedded as ``data:image/png;base64,...`` URIs, so the Prefect UI
+shows them without a file server. Every number in a report carries the SQL that
+reproduces it (`distill sql "..."`), so a report is never the only copy of a fact.
+
+Artifacts are a view, not the record: a failure to publish one (API down, key refused) is
+logged and never fails the flow. Keys are slugged to Prefect's alphabet (a-z, 0-9, '-').
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+log = logging.getLogger(__name__)
+
+
+def artifact_key(*parts: Any) -> str:
+    """A Prefect artifact key from parts: lowercase letters, digits and dashes only."""
+    text = "-".join(str(p) for p in parts if p not in (None, ""))
+    key = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return key[:100] or "distill"
+
+
+def _safely(what: str, fn, *args, **kwargs):
+    """Publish an artifact; log (never raise) if Prefect refuses. ``_sync=True`` keeps the
+    call synchronous even inside an async flow (async code calls us via ``to_thread``)."""
+    try:
+        return fn(*args, _sync=True, **kwargs)
+    except Exception as exc:  # an artifact is a view; the data is in the store
+        log.warning("could not publish %s artifact: %s", what, exc)
+        return None
+
+
+class Progress:
+    """A progress artifact (0-100 %) with throttled updates.
+
+    Updates closer than ``min_interval_s`` apart or smaller than ``min_step`` percent are
+    skipped (the last one, 100 %, always goes out), so a tight loop costs no API calls.
+    """
+
+    def __init__(self, key: str, description: str, *, min_interval_s: float = 1.0,
+                 min_step: float = 1.0) -> None:
+        self.key = artifact_key(key)
+        self.description = description
+        self.min_interval_s = min_interval_s
+        self.min_step = min_step
+        self.value = 0.0
+        self._sent_at = 0.0
+        self.id: UUID | None = _safely("progress", create_progress_artifact, 0.0, key=self.key,
+                                       description=description)
+
+    def update(self, done: float, total: float, description: str | None = None) -> None:
+        """Set progress to done/total (clamped to 0-100 %)."""
+        pct = 100.0 if total <= 0 else max(0.0, min(100.0, 100.0 * done / total))
+        now = time.monotonic()
+        final = pct >= 100.0 and self.value < 100.0
+        if not final and (pct - self.value < self.min_step or now - self._sent_at < self.min_interval_s):
+            return
+        self.value, self._sent_at = pct, now
+        if self.id is not None:
+            _safely("progress", update_progress_artifact, self.id, pct,
+                    description=description or self.description)
+
+    def finish(self, description: str | None = None) -> None:
+        self.update(1, 1, description)
+
+
+def publish_counts(key: str, counts: Mapping[str, Any], description: str = "Counts") -> UUID | None:
+    """A two-column table artifact (count, value) in the order given."""
+    rows = [{"count": name, "value": value} for name, value in counts.items()]
+    return _safely("table", create_table_artifact, rows, key=artifact_key(key), description=description)
+
+
+def publish_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> UUID | None:
+    """Any list of dict rows as a table artifact."""
+    return _safely("table", create_table_artifact, [dict(r) for r in rows], key=artifact_key(key),
+                   description=description)
+
+
+# -- plots -------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede the pyplot import in fresh processes
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG as a data URI a markdown ``![alt](...)`` can show without a file server."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def length_histogram(series: Mapping[str, Sequence[int]], *, title: str = "Length (words)",
+                     bins: int = 30) -> bytes:
+    """Overlaid histograms of lengths, one per named series (e.g. instruction, response)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    for name, values in series.items():
+        if len(values):
+            ax.hist(list(values), bins=bins, alpha=0.6, label=f"{name} (n={len(values)})")
+    ax.set_title(title)
+    ax.set_xlabel("words")
+    ax.set_ylabel("count")
+    if any(len(v) for v in series.values()):
+        ax.legend()
+    return _png(fig)
+
+
+def funnel_chart(stages: Sequence[tuple[str, int]], *, title: str = "Filter funnel") -> bytes:
+    """Horizontal bars: how many items survive each stage, top to bottom."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 0.45 * max(len(stages), 2) + 0.8))
+    labels = [s for s, _ in stages]
+    values = [v for _, v in stages]
+    bars = ax.barh(range(len(stages)), values, color="#4C72B0")
+    ax.set_yticks(range(len(stages)), labels)
+    ax.invert_yaxis()
+    for bar, v in zip(bars, values):
+        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v}", va="center")
+    ax.set_title(title)
+    ax.set_xlabel("items")
+    return _png(fig)
+
+
+def loss_curve(steps: Sequence[float], losses: Sequence[float], *, title: str = "Training loss") -> bytes:
+    """Loss per logged step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.plot(list(steps), list(losses), marker="." if len(steps) < 50 else None)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        value = f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of dicts as a GitHub-flavoured markdown table (columns of the first row)."""
+    if not rows:
+        return "_(no rows)_"
+    cols = list(rows[0].keys())
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out += ["| " + " | ".join(_cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(out)
+
+
+class Report:
+    """A markdown report built section by section; numbers carry the SQL that reproduces them."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.parts: list[str] = [f"# {title}"]
+        self._numbers: list[tuple[str, Any, str | None]] = []
+
+    def heading(self, text: str) -> "Report":
+        self._flush_numbers()
+        self.parts.append(f"## {text}")
+        return self
+
+    def text(self, markdown: str) -> "Report":
+        self._flush_numbers()
+        self.parts.append(markdown)
+        return self
+
+    def number(self, label: str, value: Any, sql: str | None = None) -> "Report":
+        """One number; consecutive numbers render as one table with their SQL."""
+        self._numbers.append((label, value, sql))
+        return self
+
+    def table(self, rows: Sequence[Mapping[str, Any]], sql: str | None = None) -> "Report":
+        self._flush_numbers()
+        self.parts.append(markdown_table(rows))
+        if sql:
+            self.parts.append(_sql_block(sql))
+        return self
+
+    def image(self, alt: str, png: bytes) -> "Report":
+        self._flush_numbers()
+        self.parts.append(f"![{alt}]({data_uri(png)})")
+        return self
+
+    def _flush_numbers(self) -> None:
+        if not self._numbers:
+            return
+        rows = [{"what": label, "value": value} for label, value, _ in self._numbers]
+        self.parts.append(markdown_table(rows))
+        queries = [(label, sql) for label, _, sql in self._numbers if sql]
+        if queries:
+            lines = ["<details><summary>SQL to reproduce these numbers</summary>", ""]
+            for label, sql in queries:
+                lines += [f"**{label}**", "", _sql_block(sql), ""]
+            lines.append("</details>")
+            self.parts.append("\n".join(lines))
+        self._numbers = []
+
+    def markdown(self) -> str:
+        self._flush_numbers()
+        return "\n\n".join(self.parts) + "\n"
+
+    def publish(self, key: str, description: str | None = None) -> UUID | None:
+        return _safely("markdown", create_markdown_artifact, self.markdown(), key=artifact_key(key),
+                       description=description or self.title)
+
+
+def _sql_block(sql: str) -> str:
+    return f"```sql\n{sql.strip()}\n```"

@@ -1,0 +1,293 @@
+"""The pipeline config: one YAML file, validated once, the same model behind the CLI and the UI.
+
+    config = load_config("configs/demo.yaml")     # raises InputError naming the problem
+    pipeline(config)                             # the flow's parameter is this model
+
+Every field has a description (the Prefect UI shows it under the form field). Values that
+contradict each other (a white-box training method with an API teacher, evaluation with
+nothing to evaluate, ...) are rejected here, at load time, not an hour into a run.
+
+The teacher, filter and training sections are the models their own packages define
+(``generators.teachers.config.TeacherConfig``, ``filters.config.FiltersConfig``,
+``training.config.TrainConfig``); this module only composes them and checks how they fit.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from flows._compat import FiltersConfig, TeacherConfig, TrainConfig
+from storage.errors import InputError
+
+Method = Literal["self_instruct", "alpaca", "evol_instruct", "responses", "rationales"]
+"""Generation methods the generate flow runs (one module each in generators/)."""
+
+INSTRUCTION_METHODS = ("self_instruct", "alpaca", "evol_instruct")
+"""Methods whose products are instructions (their samples come from the responses step)."""
+
+WHITE_BOX_METHODS = ("kd", "rkl", "jsd", "seqkd", "gkd")
+"""Training methods that need the teacher's logits, hence a local teacher."""
+
+LOCAL_BACKENDS = ("transformers", "vllm")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_name(value: str, what: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(
+            f"{what} {value!r} must be 1-100 characters of letters, digits, '_', '.', '-' "
+            "and start with a letter or digit"
+        )
+    return value
+
+
+class GenerateConfig(_Section):
+    """What to generate, how much, and when to give up."""
+
+    method: Method = Field(
+        "responses",
+        description="Generation method: self_instruct | alpaca | evol_instruct (new instructions, "
+        "each answered by the teacher) | responses (answer stored instructions) | rationales "
+        "(chain-of-thought answers).",
+    )
+    target: int = Field(
+        100, ge=1, description="Number of KEPT samples to reach (after the inline filters), not attempts."
+    )
+    batch_size: int = Field(
+        32, ge=1, le=2048,
+        description="Teacher requests per Prefect task. Tens of requests per task keep Prefect's "
+        "overhead negligible; each finished batch is persisted at once.",
+    )
+    max_concurrent_batches: int = Field(
+        4, ge=1, le=256,
+        description="Batches in flight at once. batch_size x this should be at least the teacher's "
+        "concurrency, so the teacher is never idle while a batch is being stored.",
+    )
+    max_attempts: int | None = Field(
+        None, ge=1,
+        description="Most teacher requests this run may make (cached ledger hits do not count). "
+        "Default: 4 x target. The run stops with a summary when it is spent.",
+    )
+    token_budget: int | None = Field(
+        None, ge=1,
+        description="Most teacher tokens (prompt + completion) this run may spend; None = no limit.",
+    )
+    samples_per_instruction: int = Field(
+        1, ge=1, le=64,
+        description="Responses drawn per instruction (sample_index 0..n-1, each its own ledger key).",
+    )
+    system_prompt: str | None = Field(None, description="System prompt given to the teacher for responses.")
+    instructions_file: str | None = Field(
+        None,
+        description="For responses/rationales: a JSONL of instructions ({instruction, input?} or "
+        "{question, answer?}) ingested before answering; with it, only these are answered.",
+    )
+    instructions_sql: str | None = Field(
+        None,
+        description="For responses/rationales: a SELECT returning instruction ids (column 'id') to "
+        "answer. Default: every instruction that has no sample yet from this teacher.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Method parameters, passed to the method's own config (e.g. num_prompt_instructions, "
+        "rounds, separator). Unknown keys are rejected when the method defines its config.",
+    )
+    filters: FiltersConfig = Field(
+        default_factory=FiltersConfig,
+        description="Filters applied inline to each batch, so target counts kept samples.",
+    )
+
+    @property
+    def attempts_cap(self) -> int:
+        """The effective request budget (``max_attempts`` or 4 x target x samples)."""
+        return self.max_attempts or 4 * self.target * self.samples_per_instruction
+
+
+class CurateConfig(_Section):
+    """Which filters to run over stored samples, and the dataset version to freeze."""
+
+    dataset: str = Field("distilled", description="Dataset name; each curate run freezes a new version.")
+    filters: FiltersConfig = Field(
+        default_factory=FiltersConfig,
+        description="Filters run over samples not yet judged; every decision is recorded.",
+    )
+    sql: str | None = Field(
+        None,
+        description="SELECT over sample_view choosing the dataset rows. Default: every sample no "
+        "filter dropped (optionally only this run's).",
+    )
+    only_this_run: bool = Field(
+        False, description="Restrict the default selection to samples produced by this run name."
+    )
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out as the eval split.")
+    split_seed: int = Field(0, description="Seed of the train/eval split.")
+    min_rows: int = Field(1, ge=0, description="Refuse to freeze a version with fewer kept rows than this.")
+    export_formats: list[Literal["parquet", "jsonl", "messages", "hf"]] = Field(
+        default_factory=lambda: ["jsonl"],
+        description="Formats to export the new version to (jsonl = prompt/completion, messages = chat).",
+    )
+    export_dir: str = Field("exports", description="Folder exports go to (<dir>/<name>/v<version>.<ext>).")
+    emit_event: bool = Field(True, description="Emit distill.dataset.ready when a version is frozen.")
+    min_new_rows_for_event: int = Field(
+        1, ge=0,
+        description="Only emit distill.dataset.ready (which triggers retraining) when the new "
+        "version has at least this many rows the previous version did not.",
+    )
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset_name(cls, v: str) -> str:
+        return _check_name(v, "dataset name")
+
+    @field_validator("sql")
+    @classmethod
+    def _select_only(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^\s*(select|with)\b", v, re.I):
+            raise ValueError("curate.sql must be a SELECT (or WITH ... SELECT) statement")
+        return v
+
+
+class EvaluateConfig(_Section):
+    """Which models the pipeline's evaluation step compares (how: ``train.eval``)."""
+
+    before: bool = Field(True, description="Also evaluate the untrained student (the 'before' row).")
+    teacher: bool = Field(False, description="Also evaluate the teacher itself (slow for big teachers).")
+    model_path: str | None = Field(
+        None, description="Evaluate this model folder instead of the one the train step produced."
+    )
+
+
+class SkipConfig(_Section):
+    """Steps to skip; a skipped step's output is taken from the store instead."""
+
+    seeds: bool = Field(False, description="Do not ingest the seed tasks file.")
+    generate: bool = Field(False, description="Do not generate; curate what the store already holds.")
+    curate: bool = Field(False, description="Do not freeze a new dataset version; train on the latest.")
+    train: bool = Field(False, description="Do not train (evaluate.model_path then names the model).")
+    evaluate: bool = Field(False, description="Do not evaluate.")
+
+
+class PipelineConfig(_Section):
+    """seeds -> generate -> curate -> train -> evaluate, as one YAML file."""
+
+    run_name: str = Field(
+        "default",
+        description="Name of this run. Re-running the same name resumes it: done requests are not "
+        "paid again and no row is stored twice.",
+    )
+    db: str | None = Field(
+        None, description="DuckDB file (default: $DISTILL_DB, else ./distillery.duckdb)."
+    )
+    seeds: str | None = Field(
+        None, description="Seed tasks JSONL (self-instruct format). Default: the shipped seed tasks."
+    )
+    teacher: TeacherConfig = Field(
+        default_factory=TeacherConfig, description="The teacher model and how to reach it."
+    )
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Generation step.")
+    curate: CurateConfig = Field(default_factory=CurateConfig, description="Curation step.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training step.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Evaluation step.")
+    skip: SkipConfig = Field(default_factory=SkipConfig, description="Steps to skip.")
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str) -> str:
+        return _check_name(v, "run_name")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "PipelineConfig":
+        train_method = self.train.method
+        backend = self.teacher.backend
+        if not self.skip.train and train_method in WHITE_BOX_METHODS and backend not in LOCAL_BACKENDS:
+            raise ValueError(
+                f"train.method {train_method!r} is white-box distillation and needs the teacher's "
+                f"logits: use a local teacher (backend transformers or vllm), not {backend!r}, "
+                "or train.method 'sft'"
+            )
+        if not self.skip.evaluate and not self.train.eval.enabled:
+            raise ValueError(
+                "train.eval.enabled is false but skip.evaluate is not set: say one thing "
+                "(skip.evaluate: true to not evaluate)"
+            )
+        if self.skip.train and not self.skip.evaluate and not self.evaluate.model_path:
+            raise ValueError(
+                "skip.train is set but evaluate is not skipped and evaluate.model_path is empty: "
+                "there is no model to evaluate"
+            )
+        if (not self.skip.train and train_method == "distill" and not self.skip.generate
+                and self.generate.method != "rationales"):
+            raise ValueError(
+                "train.method 'distill' trains on rationales: set generate.method to 'rationales' "
+                f"(it is {self.generate.method!r}) or skip generate"
+            )
+        return self
+
+    def safe_dump(self) -> dict[str, Any]:
+        """The config as JSON-able data with secrets left out (what `runs.config` stores)."""
+        return _without_secrets(self.model_dump(mode="json"))
+
+
+_SECRET_KEYS = re.compile(r"(api_?key|token|secret|password)$", re.I)
+
+
+def _without_secrets(value: Any) -> Any:
+    """Drop values whose key looks like a secret (env var *names* ending in _env are kept)."""
+    if isinstance(value, dict):
+        return {
+            k: ("***" if _SECRET_KEYS.search(k) and v else _without_secrets(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One line per problem, each naming the field path: what the CLI prints."""
+    problems = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {msg}")
+    return f"{source}: invalid config: " + "; ".join(problems)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read and validate one YAML config file; ``overrides`` (dotted keys) win over the file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise InputError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
+    for dotted, value in (overrides or {}).items():
+        set_dotted(data, dotted, value)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as err:
+        raise InputError(format_validation_error(err, str(path))) from None
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """``set_dotted(d, "generate.target", 10)`` sets ``d["generate"]["target"] = 10``."""
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value

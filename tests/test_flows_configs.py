@@ -1,0 +1,98 @@
+"""Every shipped config loads; contradictions and typos are rejected at load time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.config import PipelineConfig, load_config
+from storage.errors import InputError
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+def test_there_are_example_configs():
+    assert {p.name for p in CONFIGS} >= {"demo.yaml"}
+    assert len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path: Path):
+    config = load_config(path)
+    assert config.run_name
+    # What runs.config stores round-trips into the same model.
+    assert PipelineConfig.model_validate(config.model_dump(mode="json")) == config
+
+
+def test_demo_config_is_the_embedded_job():
+    config = load_config(Path(__file__).resolve().parent.parent / "configs" / "demo.yaml")
+    assert config.teacher.backend == "transformers"
+    assert config.train.student == "prune" and config.train.method == "sft"
+    assert config.evaluate.before and not config.skip.train and not config.skip.evaluate
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("generate: {targt: 3}", "generate.targt: Extra inputs are not permitted"),
+        ("generate: {target: 0}", "generate.target: Input should be greater than or equal to 1"),
+        ("generate: {method: magic}", "generate.method"),
+        ("teacher: {backend: openai, model: m, api_key_env: K}\ntrain: {method: kd}",
+         "needs the teacher's logits"),
+        ("skip: {train: true}", "there is no model to evaluate"),
+        ("train: {method: distill}\ngenerate: {method: responses}", "trains on rationales"),
+        ("train: {eval: {enabled: false}}", "train.eval.enabled is false"),
+        ("run_name: 'a b'", "run_name"),
+        ("curate: {sql: 'delete from samples'}", "curate.sql must be a SELECT"),
+        ("teacher: {backend: openai, model: m, api_key: sk-123}", "must not be in a teacher config"),
+    ],
+)
+def test_contradictions_are_rejected_with_the_field_named(tmp_path, text, message):
+    with pytest.raises(InputError) as err:
+        load_config(_write(tmp_path, text))
+    assert message in str(err.value)
+    assert "sk-123" not in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    with pytest.raises(InputError, match=r"not valid YAML \(line 2\)"):
+        load_config(_write(tmp_path, "a: 1\n  b: [\n"))
+    with pytest.raises(InputError, match="a config is a mapping"):
+        load_config(_write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_overrides_win_over_the_file(tmp_path):
+    path = _write(tmp_path, "generate: {target: 5}")
+    config = load_config(path, {"generate.target": 7, "run_name": "x1"})
+    assert config.generate.target == 7 and config.run_name == "x1"
+
+
+def test_safe_dump_has_no_secret_values():
+    config = PipelineConfig.model_validate(
+        {"teacher": {"backend": "openai", "model": "m", "api_key_env": "OPENAI_API_KEY"}, "train": {"teacher": None,
+         "student": "/tmp/student"}}
+    )
+    dumped = config.safe_dump()
+    assert dumped["teacher"]["api_key_env"] == "OPENAI_API_KEY"  # a variable's name, not a key
+
+
+def test_the_model_is_a_prefect_form():
+    """The flow parameter schema Prefect builds from the model (what the UI renders)."""
+    from prefect.utilities.callables import parameter_schema
+
+    def pipeline(config: PipelineConfig = PipelineConfig()) -> None: ...
+
+    schema = parameter_schema(pipeline)
+    assert "config" in schema.properties
+    defs = schema.definitions
+    assert "GenerateConfig" in defs
+    assert defs["GenerateConfig"]["properties"]["target"]["description"].startswith("Number of KEPT")
