@@ -97,28 +97,42 @@ def _lcs_from_masks(a: Iterable[int], masks: dict[int, int], n: int) -> int:
 class _Postings:
     """The pool entries holding one token: entry ids (ascending), counts, position masks.
 
-    Growable numpy arrays so a query reads them without converting Python lists.
+    Appends go to Python lists (cheap); :meth:`arrays` moves them into growable numpy
+    arrays when a query needs them, so neither adding nor querying converts whole lists.
     ``masks`` is 0 for entries longer than 64 tokens (those keep big-int masks apart).
     """
 
-    __slots__ = ("entries", "counts", "masks", "n")
+    __slots__ = ("entries", "counts", "masks", "n", "pending")
 
     def __init__(self) -> None:
-        self.entries = np.empty(4, dtype=np.int64)
-        self.counts = np.empty(4, dtype=np.int64)
-        self.masks = np.empty(4, dtype=np.uint64)
+        self.entries = np.empty(0, dtype=np.int64)
+        self.counts = np.empty(0, dtype=np.int64)
+        self.masks = np.empty(0, dtype=np.uint64)
         self.n = 0
+        self.pending: tuple[list[int], list[int], list[int]] = ([], [], [])
 
     def append(self, entry: int, count: int, mask: int) -> None:
-        if self.n == len(self.entries):
-            size = 2 * self.n
-            self.entries = np.resize(self.entries, size)
-            self.counts = np.resize(self.counts, size)
-            self.masks = np.resize(self.masks, size)
-        self.entries[self.n] = entry
-        self.counts[self.n] = count
-        self.masks[self.n] = mask
-        self.n += 1
+        entries, counts, masks = self.pending
+        entries.append(entry)
+        counts.append(count)
+        masks.append(mask)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(entries, counts, masks) of every entry appended so far."""
+        entries, counts, masks = self.pending
+        if entries:
+            n, k = self.n, len(entries)
+            if n + k > len(self.entries):  # grow by doubling: amortized O(1) per entry
+                size = max(2 * len(self.entries), n + k, 8)
+                self.entries = np.resize(self.entries, size)
+                self.counts = np.resize(self.counts, size)
+                self.masks = np.resize(self.masks, size)
+            self.entries[n : n + k] = entries
+            self.counts[n : n + k] = counts
+            self.masks[n : n + k] = masks
+            self.n = n + k
+            self.pending = ([], [], [])
+        return self.entries[: self.n], self.counts[: self.n], self.masks[: self.n]
 
 
 class RougeNovelty:
@@ -195,10 +209,9 @@ class RougeNovelty:
             return 0.0
 
         # Multiset overlap with every pool entry, from the posting lists of the query.
-        entries = np.concatenate([self._postings[t].entries[: self._postings[t].n] for t in counts])
-        shared = np.concatenate(
-            [np.minimum(self._postings[t].counts[: self._postings[t].n], c) for t, c in counts.items()]
-        )
+        postings = {t: self._postings[t].arrays() for t in counts}
+        entries = np.concatenate([postings[t][0] for t in counts])
+        shared = np.concatenate([np.minimum(postings[t][1], c) for t, c in counts.items()])
         overlap = np.bincount(entries, weights=shared, minlength=self._size)
         candidates = np.flatnonzero(overlap)
         bound = 2.0 * overlap[candidates] / (m + self._lengths[candidates])
@@ -259,11 +272,11 @@ class RougeNovelty:
         for t in set(query):
             if t < 0:
                 continue
-            p = self._postings[t]
-            r = row[p.entries[: p.n]]
+            entries, _, masks = self._postings[t].arrays()
+            r = row[entries]
             hit = r >= 0
             mask = np.zeros(k, dtype=np.uint64)
-            mask[r[hit]] = p.masks[: p.n][hit]
+            mask[r[hit]] = masks[hit]
             token_masks[t] = mask
 
         v = np.full(k, _ALL_ONES, dtype=np.uint64)
