@@ -107,6 +107,8 @@ class FakeOpenAIServer:
         self.faults: dict[str, deque[str]] = {}
         self.counts: Counter[str] = Counter()
         self.hits: list[Hit] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.app = self._build_app()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -126,6 +128,7 @@ class FakeOpenAIServer:
             self.faults.clear()
             self.counts.clear()
             self.hits.clear()
+            self.max_in_flight = self.in_flight
 
     def times(self, prompt: str | None = None) -> list[float]:
         """Arrival times (monotonic) of every request, or of one prompt's requests."""
@@ -182,6 +185,14 @@ class FakeOpenAIServer:
         return app
 
     async def _complete(self, request: Request, *, chat: bool) -> Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return await self._answer(request, chat=chat)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer(self, request: Request, *, chat: bool) -> Response:
         body = await request.json()
         if chat:
             users = [m.get("content", "") for m in body.get("messages", []) if m.get("role") == "user"]
@@ -204,7 +215,10 @@ class FakeOpenAIServer:
             return _json({"error": {"message": "rate limited", "type": "rate_limit"}}, 429,
                          {"retry-after": arg or "1"})
         if kind.isdigit():
-            return _json({"error": {"message": f"fake error {kind}", "type": "server_error"}}, int(kind))
+            message = f"fake error {kind}"
+            if kind in ("401", "403"):  # like OpenAI, echo (part of) the key the client sent
+                message += f": incorrect API key provided: {request.headers.get('authorization', '')}"
+            return _json({"error": {"message": message, "type": "server_error"}}, int(kind))
         if kind == "drop":
             return _Dropped()
         if kind == "malformed":
