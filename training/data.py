@@ -1,0 +1,79 @@
+"""Dataset rows -> the chat examples TRL trains on.
+
+A row is what ``storage.datasets.load_rows`` returns (instruction, input, response,
+rationale, label, system_prompt, sample_id, split). The student sees exactly what the
+teacher saw: an optional system turn, a user turn (instruction, then input after a blank
+line), and the response as the assistant turn.
+
+    >>> prompt_messages({"instruction": "Add.", "input": "2 + 2"})
+    [{'role': 'user', 'content': 'Add.\\n\\n2 + 2'}]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from storage.errors import InputError
+
+
+def user_text(row: dict[str, Any]) -> str:
+    """The user turn: the instruction, and its input (if any) after a blank line."""
+    instruction = (row.get("instruction") or "").strip()
+    extra = (row.get("input") or "").strip()
+    return f"{instruction}\n\n{extra}" if extra else instruction
+
+
+def prompt_messages(row: dict[str, Any], prefix: str = "") -> list[dict[str, str]]:
+    """System (when the row has one) + user messages for a row."""
+    messages = []
+    if row.get("system_prompt"):
+        messages.append({"role": "system", "content": row["system_prompt"]})
+    messages.append({"role": "user", "content": prefix + user_text(row)})
+    return messages
+
+
+def as_rows(data: Any) -> list[dict[str, Any]]:
+    """Accept a list of dicts or a ``datasets.Dataset``; return a list of dicts."""
+    if hasattr(data, "to_list"):
+        return data.to_list()
+    return [dict(r) for r in data]
+
+
+def _check(rows: list[dict[str, Any]], need: Iterable[str]) -> None:
+    if not rows:
+        raise InputError("no training rows: the dataset's train split is empty")
+    for i, row in enumerate(rows):
+        for key in need:
+            if not (row.get(key) or "").strip():
+                raise InputError(f"training row {i} (sample {row.get('sample_id')}) has no {key!r}")
+
+
+def prompt_completion_dataset(rows: Any):
+    """Conversational prompt/completion examples: SFTTrainer then computes the loss on the
+    completion (the assistant turn) only, which works with any chat template, including
+    SmolLM2's that has no ``{% generation %}`` markers for ``assistant_only_loss``."""
+    from datasets import Dataset
+
+    rows = as_rows(rows)
+    _check(rows, ("instruction", "response"))
+    return Dataset.from_list(
+        [
+            {
+                "prompt": prompt_messages(r),
+                "completion": [{"role": "assistant", "content": r["response"]}],
+            }
+            for r in rows
+        ]
+    )
+
+
+def messages_dataset(rows: Any):
+    """Full ``messages`` conversations (prompt turns + assistant response), the format TRL's
+    GKD collator splits into a prompt (all but the last turn) and a completion."""
+    from datasets import Dataset
+
+    rows = as_rows(rows)
+    _check(rows, ("instruction", "response"))
+    return Dataset.from_list(
+        [{"messages": prompt_messages(r) + [{"role": "assistant", "content": r["response"]}]} for r in rows]
+    )
