@@ -1,0 +1,298 @@
+"""Chain-of-thought rationales for distilling step-by-step (Hsieh et al. 2023).
+
+The teacher answers each question after a few worked examples (question, rationale,
+"So the answer is", answer); its output is split at that separator into a rationale and
+an answer. Following Fine-tune-CoT's *diverse reasoning* (Ho et al. 2023), each question
+is sampled ``D`` times (default 4) at temperature 0.7, and only the samples whose answer
+is right are kept: equal to the gold label when the question has one, else to the
+majority answer over the D samples (no majority, a tie, keeps nothing).
+
+    examples = load_cot_examples()                       # storage/seeds/cot_examples.jsonl
+    result = generate_rationales(teacher, questions, examples, RationalesConfig())
+    store.ingest(result.records)
+
+Each ``Sample`` holds the answer in ``response``, the reasoning in ``rationale`` and the
+gold or majority label in ``label``. Two export shapes for training:
+
+- ``multitask_rows``: distilling step-by-step's multi-task format, ``"predict: x" -> label``
+  and ``"explain: x" -> rationale`` as two examples;
+- ``chat_rows``: one chat example whose answer is the rationale followed by the answer.
+
+Both take the dicts ``storage.datasets.load_rows`` returns (instruction, input, response,
+rationale, label), or ``rows_from_records(instructions, samples)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from generators.common import Counts, instruction_prompt, make_request, params_of, run_sync
+from generators.teachers.base import Teacher
+from generators.templates import load_template
+from storage.errors import InputError
+from storage.records import FilterDecision, Instruction, Sample
+
+DEFAULT_EXAMPLES_PATH = Path(__file__).resolve().parent.parent / "storage" / "seeds" / "cot_examples.jsonl"
+DEFAULT_QUESTIONS_PATH = DEFAULT_EXAMPLES_PATH.with_name("cot_questions.jsonl")
+FILTER = "rationales.answer"
+
+
+class CotExample(BaseModel):
+    """A worked example for the few-shot prompt (one line of cot_examples.jsonl)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    question: str
+    rationale: str
+    answer: str
+
+
+def load_cot_examples(path: str | Path = DEFAULT_EXAMPLES_PATH) -> list[CotExample]:
+    """Read worked examples from JSONL ({"question", "rationale", "answer"} per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"chain-of-thought examples not found: {path}")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                out.append(CotExample.model_validate(json.loads(line)))
+            except (ValueError, TypeError) as exc:
+                raise InputError(f"{path}:{lineno}: not a CoT example: {str(exc).splitlines()[0]}") from None
+    return out
+
+
+def load_cot_questions(path: str | Path = DEFAULT_QUESTIONS_PATH, *, run_id: str | None = None) -> list[Instruction]:
+    """Questions from JSONL ({"question", "answer"?} per line) as seed instructions; a gold
+    answer goes to ``metadata['label']``, where ``generate_rationales`` looks for it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"questions file not found: {path}")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            label = row.get("answer", row.get("label"))
+            out.append(Instruction(text=row["question"], method="seed", run_id=run_id,
+                                   metadata={} if label in (None, "") else {"label": str(label)}))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise InputError(f"{path}:{lineno}: not a question: {exc}") from None
+    return out
+
+
+class RationalesConfig(BaseModel):
+    """Knobs of rationale generation; defaults follow distilling step-by-step / Fine-tune-CoT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_examples: int = Field(4, ge=0, description="Worked examples shown in the few-shot prompt (the first k).")
+    separator: str = Field("So the answer is", min_length=1, description="Text between the rationale and "
+                           "the answer, in the examples and when parsing the teacher's output (any case).")
+    num_samples: int = Field(4, ge=1, description="D: reasoning samples per question (diverse reasoning).")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the reasoning samples.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus mass (None = backend default).")
+    max_tokens: int = Field(256, ge=1, description="Token limit of one rationale and answer.")
+    request_format: Literal["completion", "chat"] = Field("completion", description="'completion': the "
+                                                          "teacher continues the few-shot text; 'chat': sent as a message.")
+    system_prompt: str | None = Field(None, description="Optional system prompt.")
+    stop: list[str] = Field(default_factory=lambda: ["\nQ:"], description="Stop sequences (the next question).")
+
+
+@dataclass
+class RationalesResult:
+    samples: list[Sample] = field(default_factory=list)
+    decisions: list[FilterDecision] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[Sample | FilterDecision]:
+        return [*self.samples, *self.decisions]
+
+
+# --------------------------------------------------------------------------- prompt and parsing
+
+
+def _answer_sentence(rationale: str, separator: str, answer: str) -> str:
+    answer = answer.strip()
+    end = "" if answer[-1:] in ".!?" else "."
+    return f"{rationale.strip()} {separator} {answer}{end}".strip()
+
+
+def render_prompt(question: str, examples: Sequence[CotExample], config: RationalesConfig) -> tuple[str, str]:
+    """The few-shot prompt for ``question``, and its template ref."""
+    template = load_template("cot_fewshot")
+    shots = "\n\n".join(f"Q: {ex.question.strip()}\nA: {_answer_sentence(ex.rationale, config.separator, ex.answer)}"
+                        for ex in examples[: config.num_examples])
+    return template.render(examples=shots, question=question.strip(), separator=config.separator), template.ref
+
+
+def parse_rationale(text: str, separator: str = "So the answer is") -> tuple[str, str] | None:
+    """(rationale, answer) split at the first ``separator`` (any case); None without one.
+    The answer is the rest of that line, without a trailing period, colon or quotes."""
+    m = re.search(re.escape(separator), text or "", re.I)
+    if m is None:
+        return None
+    rationale = text[: m.start()].strip()
+    answer = text[m.end():].strip().split("\n", 1)[0].strip()
+    answer = answer.lstrip(":").strip().rstrip(".").strip().strip("\"'*").strip()
+    return rationale, answer
+
+
+def normalize_answer(answer: str) -> str:
+    """Answers compare case-, punctuation- and whitespace-insensitively ('(B)' == 'b')."""
+    return " ".join(re.sub(r"[^\w\s]", "", answer.casefold()).split())
+
+
+def _gold_of(ins: Instruction, gold: Mapping[str, str] | None) -> str | None:
+    if gold and ins.id in gold:
+        return gold[ins.id]
+    label = ins.metadata.get("label") if ins.metadata else None
+    return str(label) if label not in (None, "") else None
+
+
+# --------------------------------------------------------------------------- the method
+
+
+async def agenerate_rationales(teacher: Teacher, questions: Sequence[Instruction], examples: Sequence[CotExample],
+                               config: RationalesConfig | None = None, *, gold: Mapping[str, str] | None = None,
+                               run_id: str | None = None) -> RationalesResult:
+    """D reasoning samples per question, in one batch; keep those with the right answer.
+
+    ``gold`` maps instruction id -> gold label; without an entry, ``metadata['label']`` of
+    the instruction is used; without either, the majority answer is the label.
+    """
+    config = config or RationalesConfig()
+    counts = Counts()
+    requests, owners, refs = [], [], []
+    for ins in questions:
+        text, ref = render_prompt(instruction_prompt(ins.text, ins.input), examples, config)
+        base = make_request(config.request_format, text, system=config.system_prompt, tag="rationales",
+                            temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
+                            stop=config.stop or None)
+        for req in base.expand(config.num_samples):
+            requests.append(req)
+            owners.append(ins)
+            refs.append(ref)
+    counts.inc("requests", len(requests))
+    completions = await teacher.agenerate(requests) if requests else []
+
+    result = RationalesResult()
+    by_question: dict[str, list[tuple[Any, ...]]] = {}
+    for ins, req, ref, done in zip(owners, requests, refs, completions):
+        by_question.setdefault(ins.id, []).append((ins, req, ref, done))
+
+    def drop(ins: Instruction, response: str, rationale: str | None, reason: str) -> None:
+        counts.inc(f"dropped_{reason}")
+        result.decisions.append(FilterDecision(item_id=Sample.key_for(ins.id, response, rationale),
+                                               item_kind="sample", filter=FILTER, kept=False, reason=reason,
+                                               run_id=run_id))
+
+    seen: set[str] = set()
+    for items in by_question.values():
+        ins = items[0][0]
+        parsed = []
+        for _, req, ref, done in items:
+            if not done.ok or done.text is None:
+                counts.inc("failed")
+                continue
+            if done.truncated:
+                drop(ins, done.text, None, "truncated")
+                continue
+            split = parse_rationale(done.text, config.separator)
+            if split is None or not split[1]:
+                drop(ins, done.text, None, "no_answer")
+                continue
+            if not split[0]:
+                drop(ins, split[1], None, "no_rationale")
+                continue
+            parsed.append((split[0], split[1], req, ref, done))
+        if not parsed:
+            continue
+
+        label = _gold_of(ins, gold)
+        wrong = "wrong_answer"
+        if label is None:
+            votes = Counter(normalize_answer(a) for _, a, *_ in parsed).most_common()
+            if len(votes) > 1 and votes[0][1] == votes[1][1]:
+                for rationale, answer, *_ in parsed:
+                    drop(ins, answer, rationale, "no_majority")
+                continue
+            label = next(a for _, a, *_ in parsed if normalize_answer(a) == votes[0][0])
+            wrong = "not_majority"
+            counts.inc("majority_labels")
+        else:
+            counts.inc("gold_labels")
+        for rationale, answer, req, ref, done in parsed:
+            if normalize_answer(answer) != normalize_answer(label):
+                drop(ins, answer, rationale, wrong)
+                continue
+            sample = Sample(
+                instruction_id=ins.id, response=answer, rationale=rationale, label=label,
+                system_prompt=config.system_prompt, method="rationales", teacher_model=teacher.model,
+                request_key=done.key, finish_reason=done.finish_reason, template_version=ref,
+                sampling_params=params_of(teacher, req), run_id=run_id,
+                metadata={"label_source": "gold" if _gold_of(ins, gold) is not None else "majority"})
+            if sample.id in seen:
+                counts.inc("duplicates")
+                continue
+            seen.add(sample.id)
+            result.samples.append(sample)
+    counts.inc("kept", len(result.samples))
+    result.counts = counts.as_dict()
+    return result
+
+
+def generate_rationales(teacher: Teacher, questions: Sequence[Instruction], examples: Sequence[CotExample],
+                        config: RationalesConfig | None = None, *, gold: Mapping[str, str] | None = None,
+                        run_id: str | None = None) -> RationalesResult:
+    """Sync wrapper of :func:`agenerate_rationales`."""
+    return run_sync(agenerate_rationales(teacher, questions, examples, config, gold=gold, run_id=run_id))
+
+
+# --------------------------------------------------------------------------- export
+
+
+def rows_from_records(instructions: Iterable[Instruction], samples: Iterable[Sample]) -> list[dict[str, Any]]:
+    """Sample rows shaped like ``storage.datasets.load_rows`` output, from records."""
+    by_id = {i.id: i for i in instructions}
+    return [
+        {"instruction": by_id[s.instruction_id].text, "input": by_id[s.instruction_id].input, "response": s.response,
+         "rationale": s.rationale, "label": s.label, "system_prompt": s.system_prompt, "sample_id": s.id}
+        for s in samples if s.instruction_id in by_id
+    ]
+
+
+def multitask_rows(rows: Iterable[Mapping[str, Any]], *, predict_prefix: str = "predict: ",
+                   explain_prefix: str = "explain: ") -> list[dict[str, str]]:
+    """Distilling step-by-step's multi-task data: per row, ``predict: x -> label`` and
+    (when there is a rationale) ``explain: x -> rationale``."""
+    out = []
+    for row in rows:
+        x = instruction_prompt(row["instruction"], row.get("input") or "")
+        out.append({"task": "predict", "input": predict_prefix + x, "output": row.get("label") or row["response"]})
+        if row.get("rationale"):
+            out.append({"task": "explain", "input": explain_prefix + x, "output": row["rationale"]})
+    return out
+
+
+def chat_rows(rows: Iterable[Mapping[str, Any]], *, separator: str = "So the answer is") -> list[dict[str, Any]]:
+    """One chat example per row: the user asks, the assistant reasons, then answers."""
+    out = []
+    for row in rows:
+        answer = row.get("response") or row.get("label") or ""
+        content = _answer_sentence(row["rationale"], separator, answer) if row.get("rationale") else answer
+        messages = [{"role": "system", "content": row["system_prompt"]}] if row.get("system_prompt") else []
+        messages += [{"role": "user", "content": instruction_prompt(row["instruction"], row.get("input") or "")},
+                     {"role": "assistant", "content": content}]
+        out.append({"messages": messages})
+    return out
