@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
@@ -48,7 +49,7 @@ import rensa
 
 from filters.base import Decision
 from filters.config import MinHashConfig
-from storage.records import MinHashSignature, normalize_text
+from storage.records import MinHashSignature
 
 REASON = "near_duplicate"
 
@@ -59,15 +60,18 @@ _FOLD = np.random.default_rng(0x5EED).integers(1, 2**63, size=1024, dtype=np.uin
 
 
 def shingles(text: str, ngram: int = 3) -> list[str]:
-    """The word n-grams of ``text`` (normalized, case-folded, punctuation dropped).
+    """The word n-grams of ``text`` (Unicode NFC, case-folded, punctuation dropped).
 
-    A text with fewer than ``ngram`` words is one shingle of all its words, so short
-    texts are still comparable; a text without words has no shingles.
+    Words are ``\\w+`` runs, so whitespace and punctuation never matter. A text with
+    fewer than ``ngram`` words is one shingle of all its words, so short texts are still
+    comparable; a text without words has no shingles.
     """
-    words = _WORD_RE.findall(normalize_text(text))
+    # Same normal form as storage.records.normalize_text; its whitespace collapsing is
+    # skipped because only the words are kept anyway.
+    words = _WORD_RE.findall(unicodedata.normalize("NFC", text or "").casefold())
     if len(words) <= ngram:
         return [" ".join(words)] if words else []
-    return [" ".join(words[i : i + ngram]) for i in range(len(words) - ngram + 1)]
+    return list(map(" ".join, zip(*(words[k:] for k in range(ngram)))))
 
 
 def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
@@ -170,9 +174,13 @@ class MinHashIndex:
         return sig
 
     def _band_keys(self, sig: np.ndarray) -> list[int]:
-        """One uint64 per band (collisions of different bands cost only a verification)."""
-        bands = sig[: self.bands * self.rows].reshape(self.bands, self.rows).astype(np.uint64)
-        return (bands * self._fold).sum(axis=1).tolist()  # wraps modulo 2**64 by design
+        """One uint64 per band (a collision of unequal bands costs only a verification)."""
+        return self._band_keys_many(sig[None, :])[0]
+
+    def _band_keys_many(self, sigs: np.ndarray) -> list[list[int]]:
+        """Band keys of many signatures at once: a weighted sum of each band's values."""
+        bands = sigs[:, : self.bands * self.rows].reshape(len(sigs), self.bands, self.rows).astype(np.uint64)
+        return (bands * self._fold).sum(axis=2).tolist()  # wraps modulo 2**64 by design
 
     # -- checking and indexing ---------------------------------------------------------
 
@@ -217,7 +225,13 @@ class MinHashIndex:
         """
         items = list(items)
         sigs = self.signatures(text for _, text in items)
-        return [self.check_and_add(item_id, sig) for (item_id, _), sig in zip(items, sigs)]
+        decisions = []
+        for (item_id, _), sig, keys in zip(items, sigs, self._band_keys_many(sigs)):
+            decision = self._check(sig, keys)
+            if decision.kept:
+                self._add(item_id, sig, keys)
+            decisions.append(decision)
+        return decisions
 
     def __len__(self) -> int:
         return len(self._ids)
