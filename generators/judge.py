@@ -1,0 +1,270 @@
+"""LLM-as-judge: the teacher scores answers from 1 to 10 (Zheng et al. 2023; Lion, Jiang et al. 2023).
+
+- **Pairwise** (``judge_pairwise``): two answers to one question, each scored 1-10 for
+  helpfulness, relevance, accuracy and level of detail. The judge writes its explanation
+  first and the two scores on a last line ``Scores: <1> <2>``. Judges favour a position,
+  so each pair is judged twice with the answers swapped and the two scores of each answer
+  are averaged. Lion's discrimination step uses the gap between teacher and student.
+- **Single answer** (``judge_single``): one answer scored 1-10 (``Score: <n>``), e.g. for
+  a quality filter: ``verdict.to_decision(sample.id, threshold=7)``.
+
+A verdict that does not parse (or a failed request) is asked again, up to ``max_retries``
+times, each retry a new sample (``sample_index`` 1, 2, ...: its own ledger key) at
+``retry_temperature`` so a deterministic judge can answer differently; after that the
+verdict is returned with ``ok=False`` and its error, never a made-up score.
+
+    verdicts = judge_pairwise(teacher, [PairwiseItem(question=q, answer_a=t, answer_b=s)])
+    if verdicts[0].ok:
+        print(verdicts[0].score_a, verdicts[0].score_b, verdicts[0].winner)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from generators.common import make_request, run_sync
+from generators.teachers.base import Teacher
+from generators.templates import load_template
+from storage.records import FilterDecision
+
+P = TypeVar("P")
+
+_NUM = r"(\d+(?:\.\d+)?)"
+_PAIR_LINE = re.compile(rf"scores?\s*[:=\-]?\s*\**\s*{_NUM}\s*(?:/\s*10\s*)?(?:,|;|/|\band\b|\s)\s*{_NUM}", re.I)
+_BARE_PAIR = re.compile(rf"^\W*{_NUM}\s*(?:,|;|\s)\s*{_NUM}\W*$")  # not '8/10': that is one score
+_SINGLE_LINE = re.compile(rf"score\s*[:=\-]?\s*\**\s*{_NUM}(?:\s*/\s*10)?", re.I)
+_BARE_SINGLE = re.compile(rf"^\W*{_NUM}\s*(?:/\s*10)?\W*$")
+
+
+class JudgeConfig(BaseModel):
+    """Knobs of the judge."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_format: Literal["chat", "completion"] = Field("chat", description="Chat message or plain completion.")
+    system_prompt: str | None = Field(None, description="Optional system prompt for the judge.")
+    temperature: float = Field(0.0, ge=0, le=2, description="Temperature of the first verdict (0: deterministic).")
+    retry_temperature: float = Field(0.7, ge=0, le=2, description="Temperature of retries after an "
+                                     "unparseable verdict, so a deterministic judge can answer differently.")
+    max_tokens: int = Field(512, ge=1, description="Token limit of a verdict (explanation and scores).")
+    max_retries: int = Field(2, ge=0, description="k: how many times an unparseable verdict is asked again.")
+    swap_positions: bool = Field(True, description="Pairwise: judge each pair in both orders and average.")
+    min_score: float = Field(1, description="Lowest valid score; a verdict outside the range does not parse.")
+    max_score: float = Field(10, description="Highest valid score.")
+
+    @model_validator(mode="after")
+    def _range(self) -> "JudgeConfig":
+        if self.min_score >= self.max_score:
+            raise ValueError("min_score must be below max_score")
+        return self
+
+
+class PairwiseItem(BaseModel):
+    """Two answers to one question. ``id`` is the caller's (e.g. a sample id), echoed back."""
+
+    id: str | None = None
+    question: str
+    answer_a: str
+    answer_b: str
+
+
+class SingleItem(BaseModel):
+    id: str | None = None
+    question: str
+    answer: str
+
+
+class JudgeCall(BaseModel):
+    """One judged order (pairwise) or one single verdict, after its retries."""
+
+    ok: bool
+    scores: tuple[float, ...] | None = Field(None, description="Scores in the order the answers were shown.")
+    explanation: str | None = None
+    text: str | None = Field(None, description="The judge's last raw output.")
+    request_key: str | None = None
+    attempts: int = 0
+    error: str | None = None
+
+
+class PairwiseVerdict(BaseModel):
+    """Averaged scores of answer A and answer B over both orders."""
+
+    id: str | None = None
+    ok: bool
+    score_a: float | None = None
+    score_b: float | None = None
+    winner: Literal["a", "b", "tie"] | None = None
+    calls: list[JudgeCall] = Field(description="As shown (A first), then swapped (B first), when swapping.")
+    template_version: str
+    error: str | None = None
+
+    @property
+    def gap(self) -> float | None:
+        """score_a - score_b (Lion: a large gap marks a hard instruction for the student)."""
+        return None if not self.ok else self.score_a - self.score_b
+
+
+class SingleVerdict(BaseModel):
+    id: str | None = None
+    ok: bool
+    score: float | None = None
+    explanation: str | None = None
+    call: JudgeCall
+    template_version: str
+    error: str | None = None
+
+    def to_decision(self, item_id: str, threshold: float, *, filter: str = "judge.single",
+                    run_id: str | None = None) -> FilterDecision:
+        """Keep the item when its score is at least ``threshold`` ('low_score' / 'judge_failed')."""
+        if not self.ok:
+            return FilterDecision(item_id=item_id, filter=filter, kept=False, reason="judge_failed", run_id=run_id)
+        kept = self.score >= threshold
+        return FilterDecision(item_id=item_id, filter=filter, kept=kept, score=self.score,
+                              reason="" if kept else "low_score", run_id=run_id)
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _in_range(values: tuple[float, ...], lo: float, hi: float) -> bool:
+    return all(lo <= v <= hi for v in values)
+
+
+def _split_last(text: str, line_re: re.Pattern[str], bare_re: re.Pattern[str],
+                n: int) -> tuple[tuple[float, ...], str] | None:
+    lines = (text or "").strip().splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        m = line_re.search(lines[i]) or bare_re.match(lines[i].strip())
+        if m:
+            values = tuple(float(g) for g in m.groups()[:n])
+            return values, "\n".join(lines[:i]).strip()
+        if lines[i].strip() and i < len(lines) - 1 - 2:
+            break  # the scores belong on (one of) the last lines
+    return None
+
+
+def parse_pairwise(text: str, lo: float = 1, hi: float = 10) -> tuple[tuple[float, float], str] | None:
+    """((score 1, score 2), explanation) from a verdict whose last line holds the two
+    scores (``Scores: 8 6``, ``Scores: 8/10, 6/10`` or just ``8 6``); None if it has none."""
+    got = _split_last(text, _PAIR_LINE, _BARE_PAIR, 2)
+    if got is None or not _in_range(got[0], lo, hi):
+        return None
+    return (got[0][0], got[0][1]), got[1]
+
+
+def parse_single(text: str, lo: float = 1, hi: float = 10) -> tuple[float, str] | None:
+    """(score, explanation) from a verdict ending in ``Score: 7`` (or ``7/10``); None if none."""
+    got = _split_last(text, _SINGLE_LINE, _BARE_SINGLE, 1)
+    if got is None or not _in_range(got[0], lo, hi):
+        return None
+    return got[0][0], got[1]
+
+
+# --------------------------------------------------------------------------- asking with retries
+
+
+@dataclass
+class _Pending:
+    prompt: str
+    call: JudgeCall
+
+
+async def _ask(teacher: Teacher, prompts: Sequence[str], parse: Callable[[str], Any], config: JudgeConfig,
+               tag: str) -> list[tuple[JudgeCall, Any]]:
+    """Ask every prompt; re-ask the unparseable ones (new sample_index) up to max_retries times."""
+    calls = [JudgeCall(ok=False) for _ in prompts]
+    parsed: list[Any] = [None] * len(prompts)
+    pending = list(range(len(prompts)))
+    for attempt in range(config.max_retries + 1):
+        if not pending:
+            break
+        temperature = config.temperature if attempt == 0 else config.retry_temperature
+        requests = [make_request(config.request_format, prompts[i], system=config.system_prompt, sample_index=attempt,
+                                 tag=tag, temperature=temperature, max_tokens=config.max_tokens) for i in pending]
+        still = []
+        for i, done in zip(pending, await teacher.agenerate(requests)):
+            call = calls[i]
+            call.attempts += 1
+            call.request_key, call.text = done.key, done.text
+            result = parse(done.text) if done.ok and done.text else None
+            if result is None:
+                call.error = f"request failed: {done.error}" if not done.ok else "unparseable verdict"
+                still.append(i)
+            else:
+                call.ok, call.error = True, None
+                parsed[i] = result
+        pending = still
+    for i in pending:
+        calls[i].error = f"{calls[i].error} after {calls[i].attempts} attempts"
+    return list(zip(calls, parsed))
+
+
+async def ajudge_pairwise(teacher: Teacher, items: Sequence[PairwiseItem],
+                          config: JudgeConfig | None = None) -> list[PairwiseVerdict]:
+    """Score both answers of every item, in both orders when ``swap_positions``; one batch."""
+    config = config or JudgeConfig()
+    template = load_template("judge_pairwise")
+    prompts = []
+    for it in items:
+        prompts.append(template.render(question=it.question, answer_1=it.answer_a, answer_2=it.answer_b))
+        if config.swap_positions:
+            prompts.append(template.render(question=it.question, answer_1=it.answer_b, answer_2=it.answer_a))
+    answers = await _ask(teacher, prompts, lambda t: parse_pairwise(t, config.min_score, config.max_score),
+                         config, "judge.pairwise")
+    per_item = 2 if config.swap_positions else 1
+    verdicts = []
+    for k, it in enumerate(items):
+        mine = answers[k * per_item:(k + 1) * per_item]
+        calls = []
+        for call, parsed in mine:
+            if parsed is not None:
+                call.scores, call.explanation = parsed
+            calls.append(call)
+        failed = [c for c in calls if not c.ok]
+        if failed:
+            verdicts.append(PairwiseVerdict(id=it.id, ok=False, calls=calls, template_version=template.ref,
+                                            error=failed[0].error))
+            continue
+        a_scores = [calls[0].scores[0]] + ([calls[1].scores[1]] if config.swap_positions else [])
+        b_scores = [calls[0].scores[1]] + ([calls[1].scores[0]] if config.swap_positions else [])
+        score_a, score_b = sum(a_scores) / len(a_scores), sum(b_scores) / len(b_scores)
+        winner = "a" if score_a > score_b else "b" if score_b > score_a else "tie"
+        verdicts.append(PairwiseVerdict(id=it.id, ok=True, score_a=score_a, score_b=score_b, winner=winner,
+                                        calls=calls, template_version=template.ref))
+    return verdicts
+
+
+async def ajudge_single(teacher: Teacher, items: Sequence[SingleItem],
+                        config: JudgeConfig | None = None) -> list[SingleVerdict]:
+    """Score every answer 1-10, in one batch."""
+    config = config or JudgeConfig()
+    template = load_template("judge_single")
+    prompts = [template.render(question=it.question, answer=it.answer) for it in items]
+    answers = await _ask(teacher, prompts, lambda t: parse_single(t, config.min_score, config.max_score),
+                         config, "judge.single")
+    verdicts = []
+    for it, (call, parsed) in zip(items, answers):
+        if parsed is None:
+            verdicts.append(SingleVerdict(id=it.id, ok=False, call=call, template_version=template.ref,
+                                          error=call.error))
+            continue
+        call.scores, call.explanation = (parsed[0],), parsed[1]
+        verdicts.append(SingleVerdict(id=it.id, ok=True, score=parsed[0], explanation=parsed[1], call=call,
+                                      template_version=template.ref))
+    return verdicts
+
+
+def judge_pairwise(teacher: Teacher, items: Sequence[PairwiseItem],
+                   config: JudgeConfig | None = None) -> list[PairwiseVerdict]:
+    """Sync wrapper of :func:`ajudge_pairwise`."""
+    return run_sync(ajudge_pairwise(teacher, items, config))
+
+
+def judge_single(teacher: Teacher, items: Sequence[SingleItem], config: JudgeConfig | None = None) -> list[SingleVerdict]:
+    """Sync wrapper of :func:`ajudge_single`."""
+    return run_sync(ajudge_single(teacher, items, config))

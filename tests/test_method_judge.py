@@ -1,0 +1,105 @@
+"""LLM-as-judge: verdict parsing, position swap and averaging, retries, single scores."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from generators.judge import (
+    JudgeConfig,
+    PairwiseItem,
+    SingleItem,
+    judge_pairwise,
+    judge_single,
+    parse_pairwise,
+    parse_single,
+)
+from generators.teachers.base import Completion
+from generators.teachers.scripted import ScriptedTeacher, prompt_text
+
+
+def first_answer(req) -> str:
+    return prompt_text(req).split("[Assistant 1's answer]\n", 1)[1].split("\n[End", 1)[0]
+
+
+def test_parse_verdicts():
+    assert parse_pairwise("Both fine, A clearer.\nScores: 8 6") == ((8.0, 6.0), "Both fine, A clearer.")
+    assert parse_pairwise("Reasons.\n**Scores:** 7.5/10, 9/10\n") == ((7.5, 9.0), "Reasons.")
+    assert parse_pairwise("Reasons.\n8 6") == ((8.0, 6.0), "Reasons.")
+    assert parse_pairwise("Scores: 8 and 6\nThanks.") == ((8.0, 6.0), "")
+    assert parse_pairwise("Scores: 11 6") is None  # out of range
+    assert parse_pairwise("I like the first one more.") is None
+    assert parse_pairwise("") is None
+    assert parse_single("Clear and correct.\nScore: 9") == (9.0, "Clear and correct.")
+    assert parse_single("Fine.\n7/10") == (7.0, "Fine.")
+    assert parse_single("Score: 0") is None and parse_single("good") is None
+
+
+def test_pairwise_swaps_positions_and_averages():
+    # A position-biased judge: always +2 for whatever is shown first.
+    base = {"teacher answer": 8, "student answer": 5}
+
+    def script(req):
+        first = first_answer(req)
+        second = next(a for a in base if a != first)
+        return f"Explanation here.\nScores: {min(10, base[first] + 2)} {base[second]}"
+
+    teacher = ScriptedTeacher(script)
+    item = PairwiseItem(id="s1", question="Q?", answer_a="teacher answer", answer_b="student answer")
+    [v] = judge_pairwise(teacher, [item])
+    assert v.ok and v.id == "s1" and v.winner == "a"
+    assert (v.score_a, v.score_b) == (9.0, 6.0)  # (10 + 8) / 2 and (5 + 7) / 2
+    assert v.gap == 3.0
+    assert [c.scores for c in v.calls] == [(10.0, 5.0), (7.0, 8.0)]
+    assert [first_answer(r) for r in teacher.calls] == ["teacher answer", "student answer"]
+    assert v.template_version == "judge_pairwise@1" and all(c.explanation == "Explanation here." for c in v.calls)
+    assert teacher.calls[0].params.temperature == 0.0
+
+    [v] = judge_pairwise(ScriptedTeacher(script), [item], JudgeConfig(swap_positions=False))
+    assert (v.score_a, v.score_b, len(v.calls)) == (10.0, 5.0, 1)
+
+
+def test_tie():
+    [v] = judge_pairwise(ScriptedTeacher(lambda r: "Same.\nScores: 6 6"),
+                         [PairwiseItem(question="Q", answer_a="x", answer_b="y")])
+    assert v.winner == "tie" and v.score_a == v.score_b == 6.0
+
+
+def test_unparseable_verdict_is_retried_with_a_new_sample_then_fails():
+    def script(req):
+        # The first order parses only on its second try; the swapped order never does.
+        if first_answer(req) == "one":
+            return "Scores: 7 4" if req.sample_index == 1 else "Hmm, hard to say."
+        return Completion(key="", ok=False, error="http 500") if req.sample_index == 0 else "No scores here."
+
+    teacher = ScriptedTeacher(script)
+    [v] = judge_pairwise(teacher, [PairwiseItem(question="Q", answer_a="one", answer_b="two")],
+                         JudgeConfig(max_retries=2))
+    assert not v.ok and v.score_a is None and v.winner is None
+    assert v.calls[0].ok and v.calls[0].attempts == 2 and v.calls[0].scores == (7.0, 4.0)
+    assert not v.calls[1].ok and v.calls[1].attempts == 3
+    assert v.error == "unparseable verdict after 3 attempts"
+    retries = [r for r in teacher.calls if r.sample_index > 0]
+    assert {r.params.temperature for r in retries} == {0.7}
+    assert sorted(r.sample_index for r in teacher.calls) == [0, 0, 1, 1, 2]
+    assert len({teacher.key(r) for r in teacher.calls}) == 5  # every retry is its own ledger key
+
+
+def test_single_scoring_and_decision():
+    scores = {"good answer": "Accurate and detailed.\nScore: 8", "weak answer": "Vague.\nScore: 3",
+              "broken": "I refuse to rate."}
+    teacher = ScriptedTeacher(lambda r: scores[prompt_text(r).split("[Assistant's answer]\n")[1].split("\n[End")[0]])
+    items = [SingleItem(id=k, question="Q", answer=k) for k in scores]
+    verdicts = judge_single(teacher, items, JudgeConfig(max_retries=1))
+    assert [(v.id, v.ok, v.score) for v in verdicts] == [
+        ("good answer", True, 8.0), ("weak answer", True, 3.0), ("broken", False, None)]
+    assert verdicts[0].explanation == "Accurate and detailed." and verdicts[2].call.attempts == 2
+    d = [v.to_decision(v.id, threshold=7) for v in verdicts]
+    assert [(x.kept, x.reason, x.score) for x in d] == [(True, "", 8.0), (False, "low_score", 3.0),
+                                                        (False, "judge_failed", None)]
+    assert d[0].filter == "judge.single"
+
+
+def test_config_validation():
+    with pytest.raises(ValidationError):
+        JudgeConfig(min_score=10, max_score=1)
