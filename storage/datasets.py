@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from storage.errors import InputError, NotFoundError
 from storage.records import canonical_json, content_key, normalize_text, utcnow
-from storage.store import Store, code_version
+from storage.store import Store, code_version, scalar
 
 REQUIRED_COLUMNS = ("instruction", "response")
 OPTIONAL_COLUMNS = ("input", "rationale", "label", "system_prompt", "sample_id")
@@ -206,7 +206,7 @@ def create_dataset(
         except duckdb.Error as err:
             raise InputError(f"dataset SQL failed: {str(err).splitlines()[0]}") from err
         items = _frozen_items(selected, eval_fraction, seed)
-        version = con.execute(NEXT_VERSION_SQL, [name]).fetchone()[0]
+        version = scalar(con, NEXT_VERSION_SQL, [name])
         n_eval = sum(1 for it in items if it["split"] == "eval")
         info = DatasetInfo(
             name=name,

@@ -287,6 +287,12 @@ def _group_by_table(records: Iterable[Record]) -> dict[str, pa.Table]:
 _process_write_locks: dict[Path, threading.RLock] = defaultdict(threading.RLock)
 
 
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> Any:
+    """The single value a query returns. Fetches the whole (one-row) result: DuckDB
+    refuses new work on a connection whose previous result was not read to the end."""
+    return con.execute(sql, params).fetchall()[0][0]
+
+
 def _is_lock_error(err: Exception) -> bool:
     return "lock" in str(err).lower() and isinstance(err, (duckdb.IOException, duckdb.ConnectionException))
 
@@ -386,9 +392,9 @@ class Store:
 
     @staticmethod
     def _db_version(con: duckdb.DuckDBPyConnection) -> int:
-        if not con.execute(SCHEMA_VERSION_EXISTS_SQL).fetchone()[0]:
+        if not scalar(con, SCHEMA_VERSION_EXISTS_SQL):
             return 0
-        return int(con.execute(CURRENT_VERSION_SQL).fetchone()[0])
+        return int(scalar(con, CURRENT_VERSION_SQL))
 
     def _check_not_newer(self, version: int) -> None:
         latest = latest_schema_version()
@@ -477,17 +483,13 @@ class Store:
         con.register(source, batch)
         try:
             if upsert is None:
-                inserted = con.execute(
-                    INSERT_IGNORE_SQL.format(table=table, columns=column_list, source=source)
-                ).fetchone()[0]
+                inserted = scalar(con, INSERT_IGNORE_SQL.format(table=table, columns=column_list, source=source))
                 new, updated = inserted, 0
             else:
                 key = cls.__key__[0]
-                existing = con.execute(EXISTING_KEYS_SQL.format(key=key, source=source, table=table)).fetchone()[0]
+                existing = scalar(con, EXISTING_KEYS_SQL.format(key=key, source=source, table=table))
                 assignments = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
-                affected = con.execute(
-                    upsert.format(columns=column_list, source=source, assignments=assignments)
-                ).fetchone()[0]
+                affected = scalar(con, upsert.format(columns=column_list, source=source, assignments=assignments))
                 distinct = len(set(batch.column(key).to_pylist()))
                 new = distinct - existing
                 updated = affected - new
@@ -625,7 +627,7 @@ class Store:
     def table_counts(self) -> dict[str, int]:
         """Row count of every table of the data model."""
         with self._reading() as con:
-            return {t: con.execute(COUNT_ROWS_SQL.format(table=t)).fetchone()[0] for t in TABLES}
+            return {t: scalar(con, COUNT_ROWS_SQL.format(table=t)) for t in TABLES}
 
     def check_integrity(self) -> dict[str, list[Any]]:
         """Referential and content checks; maps each failed check to (up to 20) offending ids."""
