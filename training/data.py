@@ -17,10 +17,11 @@ from storage.errors import InputError
 
 
 def user_text(row: dict[str, Any]) -> str:
-    """The user turn: the instruction, and its input (if any) after a blank line."""
-    instruction = (row.get("instruction") or "").strip()
-    extra = (row.get("input") or "").strip()
-    return f"{instruction}\n\n{extra}" if extra else instruction
+    """The user turn: the instruction, and its input (if any) after a blank line; the
+    same text ``storage.datasets`` exports, so exported data and the student agree."""
+    from storage.datasets import format_prompt
+
+    return format_prompt(row.get("instruction") or "", row.get("input") or None)
 
 
 def prompt_messages(row: dict[str, Any], prefix: str = "") -> list[dict[str, str]]:

@@ -14,7 +14,12 @@ local HF folder with the student's tokenizer.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# GKDTrainer lives in trl.experimental (TRL 1.x); we pin TRL < 2 and test the presets, so the
+# "experimental API" warning on every import is noise.
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from trl.experimental.gkd import GKDConfig, GKDTrainer
 

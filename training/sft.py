@@ -59,7 +59,8 @@ def trainer_args(config: TrainConfig, output_dir: str) -> dict[str, Any]:
         "bf16": bf16,
         "fp16": False,
         "use_cpu": not cuda,
-        "gradient_checkpointing": config.gradient_checkpointing,
+        # transformers 5 renamed gradient_checkpointing; TRL's default for the old name is True
+        "activation_checkpointing": config.gradient_checkpointing,
         "dataloader_pin_memory": cuda,
         "dataset_num_proc": None,
         "include_num_input_tokens_seen": "non_padding",  # for tokens/s

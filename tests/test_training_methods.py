@@ -1,0 +1,109 @@
+"""Every method trains a tiny random LLaMA: all trainable parameters move, the loss is finite,
+the KD presets reach TRL as intended, and SFT's labels cover the assistant turn only."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from storage.errors import DistillError
+from training.config import PRESETS, TrainConfig
+from training.distill_step_by_step import EXPLAIN, PREDICT, step_by_step_dataset
+from training.kd import build_kd_trainer
+from training.sft import build_sft_trainer
+from training.testing import tiny_llama, toy_rows
+from training.train import train
+
+METHODS = ["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "distill"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return tiny_llama(root / "student", num_layers=2), tiny_llama(root / "teacher", num_layers=4, seed=1)
+
+
+def _config(method, student, teacher, out, **kw):
+    return TrainConfig(method=method, student=str(student), teacher=str(teacher), max_steps=2, batch_size=4,
+                       max_length=64, max_new_tokens=8, learning_rate=1e-2, output_dir=str(out), **kw)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_changes_every_parameter(method, models, tmp_path):
+    student, teacher = models
+    seen = []
+    config = _config(method, student, teacher, tmp_path / "ckpt")
+    result = train(config, toy_rows(8, rationale=method == "distill"), on_progress=seen.append, show_progress=False)
+
+    assert [h["step"] for h in result.loss_history] == [1, 2]
+    assert all(math.isfinite(h["loss"]) for h in result.loss_history)
+    assert result.final_loss == result.loss_history[-1]["loss"]
+    before = AutoModelForCausalLM.from_pretrained(student).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(result.checkpoint).state_dict()
+    unchanged = [k for k in before if torch.allclose(before[k], after[k])]
+    assert unchanged == []
+    assert seen[-1]["done"] and seen[-1]["step"] == 2 and seen[-1]["total"] == 2
+    assert TrainConfig.from_yaml(f"{result.checkpoint}/train_config.yaml") == config
+
+
+@pytest.mark.parametrize("method", sorted(PRESETS))
+def test_kd_presets_reach_trl(method, models, tmp_path):
+    student, teacher = models
+    config = _config(method, student, teacher, tmp_path)
+    tok = AutoTokenizer.from_pretrained(student)
+    trainer = build_kd_trainer(config, AutoModelForCausalLM.from_pretrained(student),
+                               AutoModelForCausalLM.from_pretrained(teacher), tok, toy_rows(4), str(tmp_path))
+    for knob, value in PRESETS[method].items():
+        assert getattr(trainer.args, knob) == value, knob
+    assert (trainer.lmbda, trainer.beta, trainer.seq_kd) == (
+        PRESETS[method]["lmbda"], PRESETS[method]["beta"], PRESETS[method]["seq_kd"])
+    assert trainer.args.max_new_tokens == 8 and trainer.args.temperature == 0.9
+    assert not trainer.args.bf16 and not trainer.args.gradient_checkpointing and trainer.args.use_cpu
+
+
+def test_sft_labels_cover_the_assistant_turn_only(models, tmp_path):
+    student, _ = models
+    tok = AutoTokenizer.from_pretrained(student)
+    rows = toy_rows(2)
+    rows[0]["system_prompt"] = "Be brief."
+    trainer = build_sft_trainer(_config("sft", student, student, tmp_path), AutoModelForCausalLM.from_pretrained(student),
+                                tok, rows, str(tmp_path))
+    for example, row in zip(trainer.train_dataset, rows):
+        labels = example["labels"]
+        first = next(i for i, lab in enumerate(labels) if lab != -100)
+        assert all(lab != -100 for lab in labels[first:])  # one contiguous completion
+        assert tok.decode(labels[first:]) == row["response"] + "<|im_end|>\n"
+        prompt = tok.decode(example["input_ids"][:first])
+        assert prompt.endswith("<|im_start|>assistant\n") and row["instruction"] in prompt
+    assert "Be brief." in tok.decode(trainer.train_dataset[0]["input_ids"])
+
+
+def test_sft_packing_runs(models, tmp_path):
+    student, teacher = models
+    result = train(_config("sft", student, teacher, tmp_path / "p", packing=True), toy_rows(8), show_progress=False)
+    assert math.isfinite(result.final_loss)
+
+
+def test_step_by_step_tasks_and_weights():
+    ds = step_by_step_dataset(toy_rows(2, rationale=True), alpha=0.3)
+    assert len(ds) == 4
+    predict, explain = ds[0], ds[1]
+    assert predict["prompt"][-1]["content"].startswith(PREDICT) and predict["completion"][0]["content"] == "3"
+    assert explain["prompt"][-1]["content"].startswith(EXPLAIN) and "count up" in explain["completion"][0]["content"]
+    assert (predict["task_weight"], explain["task_weight"]) == pytest.approx((0.7, 0.3))
+
+
+def test_kd_with_a_foreign_tokenizer_is_refused(models, tmp_path):
+    student, teacher = models
+    other = tmp_path / "other"
+    model = AutoModelForCausalLM.from_pretrained(student)
+    tok = AutoTokenizer.from_pretrained(student)
+    tok.add_tokens(["<only_here>"])
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(other)
+    tok.save_pretrained(other)
+    with pytest.raises(DistillError, match="tokenizers differ"):
+        train(_config("kd", other, teacher, tmp_path / "x"), toy_rows(4), show_progress=False)
