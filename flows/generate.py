@@ -1,0 +1,423 @@
+"""The generate flow: a teacher and a method produce samples until enough are KEPT.
+
+    distill generate --method responses --target 200 --config configs/demo.yaml
+    python -c "from flows.generate import generate_flow; generate_flow(run_name='x')"
+
+Work goes to the teacher in batches of tens of requests, each batch one Prefect task that
+calls the method (generators/), runs the inline filters on what came back, and stores the
+batch's records before it ends (so a crash loses at most the batches in flight). The
+target counts samples the filters kept; the run stops early, with a summary saying why,
+when the request or token budget is spent or the method runs out of work.
+
+Resume: re-run with the same ``run_name``. The method replays from the same state and RNG
+(see flows/methods.py); the ledger answers every request already paid for without
+sending it, content keys turn replayed records into duplicates that are not stored twice,
+and the work that never finished is done now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+
+from flows import artifacts
+from flows._compat import TeacherConfig
+from flows.config import GenerateConfig
+from flows.filtering import SampleFilters, SampleItem
+from flows.methods import (
+    INSTRUCTIONS_BY_ID_SQL,
+    SEED_INSTRUCTIONS_SQL,
+    UNANSWERED_SQL,
+    Batch,
+    BatchResult,
+    EvolRunner,
+    RationalesRunner,
+    ResponsesRunner,
+    SelfInstructRunner,
+    method_config,
+    read_instructions_file,
+)
+from flows.progress import report
+from flows.runs import finish_run, start_run
+from generators.teachers.base import ChatRequest, Completion, Teacher
+from generators.teachers.config import build_teacher
+from generators.teachers.ledger import LedgeredTeacher
+from storage.errors import InputError
+from storage.records import Instruction
+from flows._store import LockedStore
+from storage.store import Store
+
+log = logging.getLogger(__name__)
+
+# What this run already spent (requests it sent, tokens) before this session: resume keeps budgets.
+SPENT_SQL = """
+SELECT count(*) AS requests, coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0) AS tokens
+FROM requests WHERE run_id = ?"""
+EXISTING_SAMPLES_SQL = "SELECT id, run_id FROM samples WHERE id IN (SELECT unnest(?::VARCHAR[]))"
+KEPT_SQL = """
+SELECT count(*) AS n FROM samples s
+WHERE s.run_id = '{run_id}'
+  AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.id AND NOT d.kept)"""
+REQUESTS_SQL = "SELECT status, count(*) AS n FROM requests WHERE run_id = '{run_id}' GROUP BY 1 ORDER BY 1"
+DROPS_SQL = """
+SELECT filter, reason, count(*) AS n FROM filter_decisions
+WHERE run_id = '{run_id}' AND NOT kept GROUP BY ALL ORDER BY n DESC"""
+LENGTHS_SQL = """
+SELECT len(string_split(trim(s.instruction), ' ')) AS instruction_words,
+       len(string_split(trim(s.response), ' ')) AS response_words
+FROM sample_view s
+WHERE s.run_id = '{run_id}'
+  AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.sample_id AND NOT d.kept)"""
+
+CONSECUTIVE_FAILED_BATCHES = 3  # all-failed batches in a row before the run gives up on the teacher
+
+
+class CountingTeacher(Teacher):
+    """Passes requests through and counts what really reaches the teacher (not ledger hits)."""
+
+    def __init__(self, inner: Teacher) -> None:
+        super().__init__(inner.model, defaults=inner.defaults)
+        self.inner = inner
+        self.backend = inner.backend
+        self.sent = 0
+        self.tokens = 0
+        self.failed = 0
+        self.last_error: str | None = None
+
+    def key(self, request: ChatRequest) -> str:
+        return self.inner.key(request)
+
+    def _count(self, done: Completion) -> None:
+        self.tokens += (done.prompt_tokens or 0) + (done.completion_tokens or 0)
+        if not done.ok:
+            self.failed += 1
+            self.last_error = done.error
+
+    async def agenerate(self, requests: list[ChatRequest]) -> list[Completion]:
+        self.sent += len(requests)
+        out = await self.inner.agenerate(requests)
+        for done in out:
+            self._count(done)
+        return out
+
+    async def astream(self, requests: list[ChatRequest]):
+        self.sent += len(requests)
+        async for i, done in self.inner.astream(requests):
+            self._count(done)
+            yield i, done
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class _Context:
+    """What every batch task of one flow run shares (live objects, not parameters)."""
+
+    store: Store
+    run_id: str
+    runner: Any
+    teacher: Teacher
+    filters: SampleFilters
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class _Outcome:
+    index: int
+    counts: Counter
+    kept: int
+    failed_all: bool
+
+
+@task(name="generate-batch", task_run_name="{method}-batch-{index}", cache_policy=NO_CACHE)
+async def generate_batch(method: str, index: int, batch: Batch, ctx: _Context) -> _Outcome:
+    """One batch: the method's teacher calls, inline filters, then its records stored."""
+    result: BatchResult = await ctx.runner.run(ctx.teacher, batch)
+    counts = Counter(result.counts)
+    counts["samples"] += len(result.samples)
+
+    # Samples another run already stored are exact duplicates of it: not ours to count.
+    ids = [s.id for s in result.samples]
+    existing = await asyncio.to_thread(ctx.store.query, EXISTING_SAMPLES_SQL, [ids]) if ids else []
+    others = {r["id"] for r in existing if r["run_id"] != ctx.run_id}
+    counts["duplicate_of_other_runs"] += len(others)
+    items = []
+    for s in result.samples:
+        if s.id in others:
+            continue
+        ins = result.instructions.get(s.instruction_id)
+        items.append(SampleItem(s.id, s.instruction_id, ins.text if ins else "", ins.input if ins else "",
+                                s.response, (s.metadata or {}).get("judge_score")))
+    outcome = ctx.filters.apply(items)  # synchronous: no other batch interleaves with the pools
+    for key, n in outcome.dropped.items():
+        counts[f"dropped_{key}"] += n
+    async with ctx.write_lock:
+        await asyncio.to_thread(ctx.store.ingest, [*result.records, *outcome.records])
+    ctx.runner.absorb(result)
+    requested = counts.get("requests", batch.requests)
+    return _Outcome(index, counts, len(outcome.kept), failed_all=requested > 0 and counts.get("failed", 0) >= requested)
+
+
+def _teacher_name(config: TeacherConfig) -> str:
+    return config.model or ("embedded" if config.backend == "transformers" else config.backend)
+
+
+def ingest_shipped_seeds(store: Store, path: str | None = None) -> int:
+    """Ingest a seed-task file (default: the shipped one); returns new instructions."""
+    from storage.seeds import parse_seed_file
+
+    from generators.self_instruct import DEFAULT_SEED_PATH
+
+    instructions, samples = parse_seed_file(path or DEFAULT_SEED_PATH)
+    return store.ingest([*instructions, *samples]).new.get("instructions", 0)
+
+
+def _instructions(store: Store, config: GenerateConfig, teacher_model: str, run_id: str) -> list[Instruction]:
+    """The instructions a responses/rationales/evol run works on, in a stable order."""
+    if config.instructions_file:
+        items = read_instructions_file(config.instructions_file)
+        store.ingest(items)
+        return sorted(items, key=lambda i: i.id)
+    if config.instructions_sql:
+        ids = [r["id"] for r in store.query(config.instructions_sql)]
+        rows = store.query(INSTRUCTIONS_BY_ID_SQL, [ids])
+    elif config.method == "evol_instruct":
+        rows = [r for r in store.query(SEED_INSTRUCTIONS_SQL) if r["operator"] is None]
+    else:
+        rows = store.query(UNANSWERED_SQL, [teacher_model, run_id])
+    return [_instruction(r) for r in rows]
+
+
+def _instruction(row: dict[str, Any]) -> Instruction:
+    import json
+
+    row = dict(row)
+    for name in ("sampling_params", "metadata"):
+        if isinstance(row.get(name), str):
+            row[name] = json.loads(row[name])
+    row["metadata"] = row.get("metadata") or {}
+    return Instruction(**row)
+
+
+def build_runner(store: Store, config: GenerateConfig, *, run_name: str, run_id: str, teacher_model: str,
+                 seeds: str | None) -> Any:
+    """The method adapter for ``config.method``, at its initial (replayable) state."""
+    params = method_config(config.method, config.params)
+    m = config.method
+    if m in ("self_instruct", "alpaca"):
+        from generators.self_instruct import DEFAULT_SEED_PATH, load_seed_tasks
+
+        return SelfInstructRunner(load_seed_tasks(seeds or DEFAULT_SEED_PATH), params, run_name=run_name,
+                                  batch_size=config.batch_size, run_id=run_id)
+    if m == "evol_instruct" and not config.instructions_file and not config.instructions_sql:
+        if not store.query(SEED_INSTRUCTIONS_SQL + " LIMIT 1"):
+            ingest_shipped_seeds(store, seeds)
+    instructions = _instructions(store, config, teacher_model, run_id)
+    if m == "evol_instruct":
+        return EvolRunner(instructions, params, run_name=run_name, batch_size=config.batch_size, run_id=run_id)
+    if not instructions:
+        raise InputError(f"nothing for method {m} to answer: every instruction already has a sample from "
+                         f"{teacher_model} (give generate.instructions_file or instructions_sql)")
+    if m == "responses":
+        return ResponsesRunner(instructions, n=config.samples_per_instruction, system_prompt=config.system_prompt,
+                               batch_size=config.batch_size, run_id=run_id)
+    return RationalesRunner(instructions, params, n=config.samples_per_instruction, batch_size=config.batch_size,
+                            run_id=run_id)
+
+
+@flow(name="generate", flow_run_name="generate-{run_name}", log_prints=True)
+async def generate_flow(
+    run_name: str = "default",
+    teacher: TeacherConfig = TeacherConfig(),
+    generate: GenerateConfig = GenerateConfig(),
+    db: str | None = None,
+    seeds: str | None = None,
+) -> dict[str, Any]:
+    """Generate until ``generate.target`` samples are kept (or the budget is spent).
+
+    Args:
+        run_name: name of this run; re-running it resumes (nothing paid or stored twice).
+        teacher: the teacher model and how to reach it.
+        generate: method, target, batch size, budgets, method params, inline filters.
+        db: DuckDB file (default $DISTILL_DB, else ./distillery.duckdb).
+        seeds: seed tasks JSONL for Self-Instruct/Evol-Instruct (default: the shipped ones).
+    """
+    logger = get_run_logger()
+    store = LockedStore(db)
+    await asyncio.to_thread(store.init)
+    config = {"run_name": run_name, "teacher": teacher.model_dump(mode="json"),
+              "generate": generate.model_dump(mode="json"), "seeds": seeds}
+    run = await asyncio.to_thread(start_run, store, "generate", run_name, config)
+    teacher_model = _teacher_name(teacher)
+
+    inner = build_teacher(teacher)
+    counting = CountingTeacher(inner)
+    ledgered = LedgeredTeacher(counting, store, run_id=run.id)
+    try:
+        runner = await asyncio.to_thread(build_runner, store, generate, run_name=run_name, run_id=run.id,
+                                         teacher_model=ledgered.model, seeds=seeds)
+        filters = SampleFilters(generate.filters, run_id=run.id)
+        await asyncio.to_thread(_load_filters, filters, store, run.id)
+        spent = (await asyncio.to_thread(store.query, SPENT_SQL, [run.id]))[0]
+        ctx = _Context(store, run.id, runner, ledgered, filters)
+        summary = await _loop(ctx, generate, spent, logger, run_name)
+    except BaseException:
+        await asyncio.to_thread(finish_run, store, run, "failed", {})
+        raise
+    finally:
+        await ledgered.aclose()
+
+    summary.update(run_id=run.id, run_name=run_name, method=generate.method, teacher=teacher_model)
+    await asyncio.to_thread(finish_run, store, run, summary["status"], summary)
+    await asyncio.to_thread(_publish_report, store, run.id, run_name, summary)
+    logger.info("generate %s: %s", run_name, summary["message"])
+    return summary
+
+
+def _load_filters(filters: SampleFilters, store: Store, run_id: str) -> None:
+    """Pools from what other runs kept (this run's own samples are replayed, not preloaded)."""
+    filters.load(store, exclude_run=run_id)
+
+
+async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], logger, run_name: str) -> dict:
+    target, cap = config.target, config.attempts_cap
+    prior_requests, prior_tokens = int(spent["requests"]), int(spent["tokens"])
+    max_inflight = config.max_concurrent_batches if ctx.runner.parallel else 1
+    progress = await asyncio.to_thread(
+        artifacts.Progress, artifacts.artifact_key("generate", run_name, "progress"),
+        f"Kept samples toward the target of {target}")
+    totals: Counter = Counter()
+    kept = 0
+    inflight: dict[asyncio.Task, Batch] = {}
+    failed_streak = 0
+    stop: str | None = None
+    started = time.monotonic()
+
+    def requests_used() -> int:
+        return prior_requests + ctx.teacher.inner.sent  # type: ignore[attr-defined]
+
+    def tokens_used() -> int:
+        return prior_tokens + ctx.teacher.inner.tokens  # type: ignore[attr-defined]
+
+    while True:
+        while stop is None and len(inflight) < max_inflight:
+            reserved = sum(b.requests for b in inflight.values())
+            need = target - kept - sum(b.max_samples for b in inflight.values())
+            room = cap - requests_used() - reserved
+            if kept >= target:
+                stop = "completed"
+            elif room <= 0 and not inflight:
+                stop = "budget_exhausted"
+            elif config.token_budget is not None and tokens_used() >= config.token_budget and not inflight:
+                stop = "token_budget_exhausted"
+            if stop or need <= 0 or room <= 0 or (config.token_budget is not None
+                                                   and tokens_used() >= config.token_budget):
+                break
+            batch = ctx.runner.next_batch(min(room, need if ctx.runner.parallel else room))
+            if batch is None:
+                if not inflight:
+                    stop = "exhausted"
+                break
+            # quote(): live objects, not data; Prefect must not walk or copy them.
+            t = asyncio.ensure_future(generate_batch(ctx.runner.method, batch.index, quote(batch), quote(ctx)))
+            inflight[t] = batch
+        if not inflight:
+            stop = stop or ("completed" if kept >= target else "exhausted")
+            break
+        done, _ = await asyncio.wait(list(inflight), return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            inflight.pop(t)
+            outcome: _Outcome = t.result()  # a failing batch fails the flow (after the others finish)
+            totals.update(outcome.counts)
+            kept += outcome.kept
+            failed_streak = failed_streak + 1 if outcome.failed_all else 0
+            logger.info("batch %d: %d requests, %d samples, %d kept (%d/%d kept, %d requests sent)",
+                        outcome.index, outcome.counts.get("requests", 0), outcome.counts.get("samples", 0),
+                        outcome.kept, kept, target, requests_used())
+        if failed_streak >= CONSECUTIVE_FAILED_BATCHES and stop is None:
+            stop = "teacher_failing"
+        await asyncio.to_thread(progress.update, kept, target)
+        report("generate", min(kept, target), target, kept=kept, requests=requests_used())
+
+    await asyncio.to_thread(progress.finish)
+    elapsed = time.monotonic() - started
+    counting = ctx.teacher.inner  # type: ignore[attr-defined]
+    summary: dict[str, Any] = {
+        "status": stop,
+        "target": target,
+        "kept": kept,
+        "requested": int(totals.get("requests", 0)),
+        "sent": counting.sent,
+        "cached": max(0, int(totals.get("requests", 0)) - counting.sent),
+        "failed": counting.failed,
+        "samples": int(totals.get("samples", 0)),
+        "duplicates_of_other_runs": int(totals.get("duplicate_of_other_runs", 0)),
+        "dropped": {k.removeprefix("dropped_"): int(v) for k, v in sorted(totals.items()) if k.startswith("dropped_")},
+        "requests_used": requests_used(),
+        "request_budget": cap,
+        "tokens_used": tokens_used(),
+        "token_budget": config.token_budget,
+        "elapsed_s": round(elapsed, 2),
+        "method_counts": {k: int(v) for k, v in sorted(totals.items()) if not k.startswith("dropped_")},
+    }
+    summary["message"] = _message(summary, counting.last_error)
+    return summary
+
+
+def _message(s: dict[str, Any], last_error: str | None) -> str:
+    kept = f"{s['kept']}/{s['target']} samples kept"
+    status = s["status"]
+    if status == "completed":
+        return f"done: {kept} ({s['sent']} requests sent, {s['cached']} served from the ledger)"
+    if status == "budget_exhausted":
+        return (f"stopped: the request budget is spent ({s['requests_used']}/{s['request_budget']} requests) "
+                f"with {kept}; raise generate.max_attempts and re-run the same run_name to continue")
+    if status == "token_budget_exhausted":
+        return (f"stopped: the token budget is spent ({s['tokens_used']}/{s['token_budget']} tokens) with {kept}; "
+                "raise generate.token_budget and re-run the same run_name to continue")
+    if status == "teacher_failing":
+        return (f"stopped: {CONSECUTIVE_FAILED_BATCHES} batches in a row failed entirely ({kept}); "
+                f"last error: {last_error}; failed requests are retried when the run is resumed")
+    return f"stopped: the method has no more work ({kept}); give it more instructions or seeds"
+
+
+def _publish_report(store: Store, run_id: str, run_name: str, s: dict[str, Any]) -> None:
+    counts = {"target": s["target"], "requested": s["requested"], "sent to teacher": s["sent"],
+              "served from ledger": s["cached"], "failed": s["failed"], "samples": s["samples"],
+              "duplicates of other runs": s["duplicates_of_other_runs"], "kept": s["kept"]}
+    counts.update({f"dropped by {k}": v for k, v in s["dropped"].items()})
+    artifacts.publish_counts(artifacts.artifact_key("generate", run_name, "counts"), counts,
+                             f"Generation counts for run {run_name}")
+    r = artifacts.Report(f"Generation report: {run_name}")
+    r.text(f"**{s['message']}**\n\nMethod `{s['method']}`, teacher `{s['teacher']}`, run id `{run_id}`.")
+    kept_sql = KEPT_SQL.format(run_id=run_id).strip()
+    r.number("kept samples (all sessions of this run)", store.query(kept_sql)[0]["n"], kept_sql)
+    requests_sql = REQUESTS_SQL.format(run_id=run_id)
+    for row in store.query(requests_sql):
+        r.number(f"requests {row['status']}", row["n"], requests_sql)
+    r.number("tokens used", s["tokens_used"], SPENT_SQL.replace("?", f"'{run_id}'").strip())
+    drops_sql = DROPS_SQL.format(run_id=run_id).strip()
+    drops = store.query(drops_sql)
+    r.heading("Dropped, by filter and reason").table(drops, sql=drops_sql)
+    stages = [("samples", s["samples"]), ("new (not in other runs)", s["samples"] - s["duplicates_of_other_runs"])]
+    left = stages[-1][1]
+    for key, n in s["dropped"].items():
+        left -= n
+        stages.append((f"after {key}", left))
+    r.heading("Plots").image("Filter funnel", artifacts.funnel_chart(stages))
+    lengths_sql = LENGTHS_SQL.format(run_id=run_id).strip()
+    rows = store.query(lengths_sql)
+    r.image("Lengths of kept samples (words)", artifacts.length_histogram(
+        {"instruction": [x["instruction_words"] for x in rows], "response": [x["response_words"] for x in rows]},
+        title="Kept samples: length in words"))
+    r.text(f"Lengths come from:\n\n```sql\n{lengths_sql}\n```")
+    r.publish(artifacts.artifact_key("generate", run_name, "report"))
