@@ -131,6 +131,7 @@ _RECORD_TYPES: dict[str, type[Record]] = {cls.__table__: cls for cls in ALL_RECO
 
 _TABLE_META = b"distillery.table"  # Arrow schema metadata naming a journal segment's table
 _STALE_TMP_S = 600  # a half-written journal file older than this belonged to a dead writer
+_READER_MARKER_TTL_S = 2.0  # a waiting reader refreshes its marker far more often than this
 
 
 # --- small public helpers -------------------------------------------------------------
@@ -318,6 +319,7 @@ class Store:
     ) -> None:
         self.path = default_db_path(path).resolve()
         self.journal_dir = self.path.with_name(self.path.name + ".journal")
+        self.readers_dir = self.journal_dir / "readers"  # markers of readers waiting for the lock
         self.lock_timeout = lock_timeout
         self.write_timeout = write_timeout
         self.read_timeout = read_timeout
@@ -330,27 +332,60 @@ class Store:
     # -- connections -------------------------------------------------------------------
 
     def _connect(self, *, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
-        """Open the file, retrying with backoff while another process holds the lock."""
+        """Open the file, retrying with backoff while another process holds the lock.
+
+        A blocked reader leaves a "waiting" marker while it retries: a process that
+        ingests batch after batch would otherwise re-take the lock within microseconds of
+        each commit and starve it. Ingest sees the marker and spools instead.
+        """
         deadline = time.monotonic() + timeout
         delay = 0.005
-        while True:
+        marker: Path | None = None
+        try:
+            while True:
+                try:
+                    return duckdb.connect(str(self.path), read_only=read_only)
+                except duckdb.Error as err:
+                    if not _is_lock_error(err):
+                        if read_only and "different configuration" in str(err):
+                            # This process already has the file open for writing (another
+                            # Store inside write()); DuckDB shares that instance in-process.
+                            return duckdb.connect(str(self.path))
+                        raise self._open_error(err) from err
+                    if time.monotonic() >= deadline:
+                        raise DatabaseLockedError(
+                            f"database {self.path} is locked by another process "
+                            f"(waited {timeout:g}s): {str(err).splitlines()[0]}"
+                        ) from err
+                    if read_only:
+                        marker = self._mark_reader_waiting(marker)
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+        finally:
+            if marker is not None:
+                marker.unlink(missing_ok=True)
+
+    def _mark_reader_waiting(self, marker: Path | None) -> Path:
+        if marker is None:
+            self.readers_dir.mkdir(parents=True, exist_ok=True)
+            marker = self.readers_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            marker.touch()
+        else:
+            os.utime(marker)  # still waiting: keep the marker fresh
+        return marker
+
+    def readers_waiting(self) -> bool:
+        """Whether a reader in some process is waiting for the lock right now."""
+        if not self.readers_dir.is_dir():
+            return False
+        fresh_after = time.time() - _READER_MARKER_TTL_S
+        for marker in self.readers_dir.iterdir():
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
-            except duckdb.Error as err:
-                if _is_lock_error(err):
-                    if time.monotonic() < deadline:
-                        time.sleep(delay)
-                        delay = min(delay * 2, 0.1)
-                        continue
-                    raise DatabaseLockedError(
-                        f"database {self.path} is locked by another process "
-                        f"(waited {timeout:g}s): {str(err).splitlines()[0]}"
-                    ) from err
-                if read_only and "different configuration" in str(err):
-                    # This process already has the file open for writing (another Store
-                    # object inside write()); DuckDB shares that instance in-process.
-                    return duckdb.connect(str(self.path))
-                raise self._open_error(err) from err
+                if marker.stat().st_mtime > fresh_after:
+                    return True
+            except FileNotFoundError:
+                pass  # that reader just got in
+        return False
 
     def _open_error(self, err: Exception) -> DatabaseError:
         msg = str(err).splitlines()[0]
@@ -449,11 +484,14 @@ class Store:
         Rows go in through one Arrow scan per table with ``ON CONFLICT DO NOTHING``
         (requests and runs upsert, see the SQL above), in one transaction. If another
         process holds the database for longer than ``lock_timeout``, the batch is
-        spooled to the journal instead and ``result.spooled`` is True: it is durable
+        spooled to the journal instead (also while a reader waits for the lock, so a busy
+        writer cannot starve readers) and ``result.spooled`` is True: it is durable
         when this returns and lands in the database at the next successful commit.
         """
         batches = _group_by_table(records)
         try:
+            if self.readers_waiting():  # let the reader in; this batch is merged later
+                raise DatabaseLockedError("a reader is waiting")
             with self._writing(self.lock_timeout) as con:
                 merged = self._merge_journal(con)
                 result = IngestResult(merged=merged)
@@ -466,7 +504,7 @@ class Store:
                     con.rollback()
                     raise
                 return result
-        except DatabaseLockedError:  # only opening the file raises it
+        except DatabaseLockedError:  # only opening the file (or a waiting reader) raises it
             rows = self._spool_tables(batches.values())
             log.info("database %s busy: spooled %d rows to %s", self.path, rows, self.journal_dir)
             return IngestResult(spooled=True, spooled_rows=rows)
