@@ -35,6 +35,7 @@ import pyarrow.ipc
 from generators.teachers.base import ChatRequest, Completion, Teacher, TokenLogprob
 from storage.errors import DatabaseError
 from storage.records import RequestRecord
+from storage.store import records_to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,12 @@ class LedgeredTeacher(Teacher):
         found.update(self._journal_ok(set(keys) - set(found)))
         return {key: _cached_completion(key, row) for key, row in found.items()}
 
+    def _prepare(self, keys: list[str]) -> dict[str, Completion]:
+        # Build one throw-away Arrow batch first: the first conversion imports pandas
+        # (~0.5 s), and a result must not wait that long to become durable.
+        records_to_arrow([RequestRecord(key="warm-up", model="", backend="", status="failed")])
+        return self.lookup(keys)
+
     def _journal_ok(self, keys: set[str]) -> dict[str, dict[str, Any]]:
         """Ok rows for ``keys`` in journal segments not merged yet (e.g. after a crash)."""
         found: dict[str, dict[str, Any]] = {}
@@ -164,7 +171,7 @@ class LedgeredTeacher(Teacher):
         requests = list(requests)
         keys = [self.key(r) for r in requests]
         stats = self.last_stats = LedgerStats(requested=len(requests))
-        cached = await asyncio.to_thread(self.lookup, list(set(keys)))
+        cached = await asyncio.to_thread(self._prepare, list(set(keys)))
         positions: dict[str, list[int]] = {}
         todo: list[ChatRequest] = []
         for i, (key, request) in enumerate(zip(keys, requests)):
