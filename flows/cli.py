@@ -299,6 +299,7 @@ app.add_typer(seeds_app, name="seeds")
 # A name of None merges the module's commands at the top level (`distill run`, ...).
 SUBCOMMANDS: list[tuple[str, str | None]] = [
     ("flows.cli_teacher", "teacher"),
+    ("flows.cli_flows", None),  # distill run / generate / curate / train (the Prefect flows)
 ]
 
 

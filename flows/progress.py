@@ -33,3 +33,8 @@ def progress_sink(sink: Sink) -> Iterator[None]:
         yield
     finally:
         _sink = previous
+
+
+def terminal_active() -> bool:
+    """True while a terminal sink is installed (the CLI): steps may draw their own bars."""
+    return _sink is not None

@@ -1,0 +1,83 @@
+"""The pipeline flow: seeds -> generate -> curate -> train -> evaluate, from one YAML file.
+
+    distill run --config configs/demo.yaml          # what `make demo` runs
+    python -c "from flows.pipeline import pipeline_flow; from flows.config import load_config; \
+               pipeline_flow(load_config('configs/demo.yaml'))"
+
+Each step is a subflow (its own run in the Prefect UI, with its own artifacts) and can be
+skipped in the config's ``skip`` section; a skipped step's output comes from the store
+(curate without generate curates what is stored; train without curate trains on the
+dataset's latest version). The flow's one parameter is the validated ``PipelineConfig``,
+so the Prefect UI renders the whole config as a form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows._store import LockedStore
+from flows.config import PipelineConfig
+from flows.curate import curate_flow
+from flows.generate import generate_flow, ingest_shipped_seeds
+from flows.runs import finish_run, start_run
+from flows.train import train_flow
+
+
+@flow(name="pipeline", flow_run_name="pipeline-{config.run_name}", log_prints=True)
+def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
+    """Run every step the config does not skip; returns each step's summary."""
+    logger = get_run_logger()
+    store = LockedStore(config.db)
+    store.init()
+    run = start_run(store, "pipeline", config.run_name, config.safe_dump())
+    out: dict[str, Any] = {"run_name": config.run_name, "db": str(store.path)}
+    try:
+        if not config.skip.seeds:
+            out["seeds"] = {"new_instructions": ingest_shipped_seeds(store, config.seeds)}
+            logger.info("seeds: %d new instructions", out["seeds"]["new_instructions"])
+        if not config.skip.generate:
+            out["generate"] = asyncio.run(_generate(config)) if _no_loop() else _run_async(_generate(config))
+        if not config.skip.curate:
+            out["curate"] = curate_flow(run_name=config.run_name, curate=config.curate, db=config.db,
+                                        generate_run=config.run_name if config.curate.only_this_run else None)
+        if not config.skip.train or not config.skip.evaluate:
+            version = out.get("curate", {}).get("version")
+            out["train"] = train_flow(dataset=config.curate.dataset, dataset_version=version, train=config.train,
+                                      evaluate=config.evaluate, skip_evaluate=config.skip.evaluate,
+                                      run_name=config.run_name, db=config.db)
+    except BaseException:
+        finish_run(store, run, "failed", _brief(out))
+        raise
+    finish_run(store, run, "completed", _brief(out))
+    return out
+
+
+async def _generate(config: PipelineConfig) -> dict[str, Any]:
+    return await generate_flow(run_name=config.run_name, teacher=config.teacher, generate=config.generate,
+                               db=config.db, seeds=config.seeds)
+
+
+def _no_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return True
+    return False
+
+
+def _run_async(coro):
+    from generators.common import run_sync
+
+    return run_sync(coro)
+
+
+def _brief(out: dict[str, Any]) -> dict[str, Any]:
+    """Step summaries without the bulky parts, for runs.counts."""
+    brief: dict[str, Any] = {}
+    for step, s in out.items():
+        if isinstance(s, dict):
+            brief[step] = {k: v for k, v in s.items() if k not in ("evaluations", "method_counts", "sql")}
+    return brief
