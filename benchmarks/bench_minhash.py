@@ -4,7 +4,8 @@
 
 Docs are synthetic: 30-150 words from a Zipf-distributed 20k-word vocabulary. A fifth
 are planted near-duplicates of an earlier original (a few words edited, whitespace and
-case changed, halves swapped, a chunk appended) or heavier edits that should survive.
+case changed, halves swapped, a chunk appended) or 3-20% of their words edited, which
+spreads their Jaccard around the threshold.
 
 Both sides do the same work per doc, in stream order: signature, LSH query, verify the
 candidates by estimated Jaccard >= threshold, insert the doc when it is kept. Both use
@@ -75,8 +76,8 @@ def make_docs(n: int, seed: int = 0) -> list[str]:
                 docs.append(" ".join(words[half:] + words[:half]))
             elif kind == 3:  # a chunk appended
                 docs.append(" ".join(words + list(rng.choice(vocab, size=len(words) // 10, p=weights))))
-            else:  # heavily edited: mostly not a duplicate any more
-                for j in rng.integers(len(words), size=len(words) // 4):
+            else:  # 3-20% of words edited: Jaccard of 3-grams spread around the threshold
+                for j in rng.integers(len(words), size=max(1, int(len(words) * rng.uniform(0.03, 0.2)))):
                     words[j] = vocab[rng.integers(len(vocab))]
                 docs.append(" ".join(words))
         else:
