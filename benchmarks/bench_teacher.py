@@ -1,0 +1,122 @@
+"""Teacher-layer overhead: OpenAITeacher + the ledger (a real DuckDB) vs a bare asyncio loop.
+
+    .venv/bin/python benchmarks/bench_teacher.py                 # 2,000 requests, 100 ms, concurrency 64
+    .venv/bin/python benchmarks/bench_teacher.py --n 500 --header
+
+The fake OpenAI server (tests/fake_openai_server.py) runs in its own process with a
+fixed 100 ms latency and no faults, so it neither shares our event loop nor our GIL.
+Both sides send the same number of chat requests with fresh prompts (no ledger hits):
+
+- bare: ``asyncio.gather`` of ``AsyncOpenAI.chat.completions.create`` under ``Semaphore(64)``;
+- teacher: ``LedgeredTeacher(OpenAITeacher(concurrency=64), Store(tmp))``: key, ledger
+  lookup, limiter, retries bookkeeping, one journal append per group of arrivals,
+  and the merge into DuckDB at the end, all inside the timed span.
+
+The physical limit is concurrency / latency (640/s). Target: teacher >= 0.95 x bare.
+Prints markdown table rows: | benchmark | measurement | value | notes | machine | command |.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import openai  # noqa: E402
+
+from fake_openai_server import spawn_fake_server  # noqa: E402
+from generators.teachers.base import ChatRequest  # noqa: E402
+from generators.teachers.ledger import LedgeredTeacher  # noqa: E402
+from generators.teachers.openai_backend import OpenAITeacher  # noqa: E402
+from storage.store import Store  # noqa: E402
+
+HEADER = "| benchmark | measurement | value | notes | machine | command |\n|---|---|---:|---|---|---|"
+
+
+def machine() -> str:
+    cpu = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} cores, {cpu}, load {load:.1f}, Python {platform.python_version()}"
+
+
+async def bare(url: str, prompts: list[str], concurrency: int) -> float:
+    client = openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=0)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(prompt: str) -> str:
+        async with sem:
+            r = await client.chat.completions.create(model="fake", messages=[{"role": "user", "content": prompt}],
+                                                     max_tokens=32)
+            return r.choices[0].message.content
+
+    start = time.perf_counter()
+    out = await asyncio.gather(*(one(p) for p in prompts))
+    elapsed = time.perf_counter() - start
+    await client.close()
+    assert all(out)
+    return elapsed
+
+
+def teacher(url: str, prompts: list[str], concurrency: int, db: Path, ledger: bool) -> float:
+    inner = OpenAITeacher("fake", base_url=url, concurrency=concurrency)
+    t = LedgeredTeacher(inner, Store(db)) if ledger else inner
+    start = time.perf_counter()
+    done = t.generate([ChatRequest.chat(p, max_tokens=32) for p in prompts])
+    elapsed = time.perf_counter() - start
+    assert all(d.ok for d in done) and len(done) == len(prompts)
+    if ledger:
+        assert Store(db).query("SELECT count(*) AS n FROM requests")[0]["n"] >= len(prompts)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--header", action="store_true")
+    args = parser.parse_args()
+    command = "python benchmarks/bench_teacher.py " + " ".join(sys.argv[1:])
+    limit = args.concurrency / args.latency
+    with spawn_fake_server(args.latency) as url, tempfile.TemporaryDirectory() as tmp:
+        # Warm both paths (imports, pandas behind the first Arrow batch, connections).
+        asyncio.run(bare(url, [f"warm bare {i}" for i in range(args.concurrency)], args.concurrency))
+        teacher(url, [f"warm t {i}" for i in range(args.concurrency)], args.concurrency, Path(tmp) / "w.duckdb", True)
+        bare_s = asyncio.run(bare(url, [f"bare {i}" for i in range(args.n)], args.concurrency))
+        led_s = teacher(url, [f"ledger {i}" for i in range(args.n)], args.concurrency, Path(tmp) / "b.duckdb", True)
+        plain_s = teacher(url, [f"plain {i}" for i in range(args.n)], args.concurrency, Path(tmp) / "p.duckdb", False)
+    rate = {name: args.n / s for name, s in (("bare", bare_s), ("ledger", led_s), ("plain", plain_s))}
+    where = machine()
+    if args.header:
+        print(HEADER)
+    rows = [
+        ("bare AsyncOpenAI + Semaphore loop", f"{rate['bare']:.0f} samples/s", f"{args.n} requests in {bare_s:.2f}s"),
+        ("OpenAITeacher (no ledger)", f"{rate['plain']:.0f} samples/s", f"{rate['plain'] / rate['bare']:.2f}x bare"),
+        ("OpenAITeacher + ledger (DuckDB)", f"{rate['ledger']:.0f} samples/s",
+         f"**{rate['ledger'] / rate['bare']:.2f}x bare** (target >= 0.95)"),
+        ("physical limit", f"{limit:.0f} samples/s", f"concurrency {args.concurrency} / latency {args.latency}s; "
+         f"bare reaches {rate['bare'] / limit:.0%}"),
+    ]
+    for name, value, notes in rows:
+        print(f"| teacher layer, fake server {args.latency * 1000:.0f} ms, c={args.concurrency} | {name} | {value} "
+              f"| {notes} | {where} | `{command.strip()}` |")
+
+
+if __name__ == "__main__":
+    main()
