@@ -37,6 +37,9 @@ def _quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Ephemeral mode starts a local API server; on a busy small machine the first start
+    # (migrations into PREFECT_HOME) can take longer than Prefect's default 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _parse_sets(sets: list[str]) -> dict[str, Any]:
@@ -248,3 +251,18 @@ def train(
                          evaluate=cfg.evaluate, skip_evaluate=no_eval, db=cfg.db)
     console.print(_summary_table("train", out, TRAIN_KEYS))
     _print_evaluations(out.get("evaluations") or [])
+
+
+@app.command()
+def serve(
+    names: Optional[list[str]] = typer.Argument(None, help="Deployments to serve (default: all in prefect.yaml)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
+) -> None:
+    """Serve prefect.yaml's deployments from this checkout (schedules and event triggers)
+    until Ctrl-C. Needs a Prefect server: `prefect server start` and PREFECT_API_URL."""
+    _quiet_prefect(verbose)
+    from flows.deployments import load_deployments, serve_deployments
+
+    deployments = load_deployments(names=names or None)
+    console.print(f"serving {', '.join(d.name for d in deployments)} (Ctrl-C to stop)")
+    serve_deployments(deployments)

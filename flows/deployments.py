@@ -1,0 +1,82 @@
+"""The deployments in prefect.yaml, as objects: validated in tests, served by `distill serve`.
+
+prefect.yaml is the one declaration (``prefect deploy --all`` registers it with a server
+for work-pool workers). This module reads the same file and builds ``RunnerDeployment``s
+from it, so a machine without workers can serve the same deployments from this checkout:
+
+    deployments = load_deployments()            # validates entrypoints, parameters, triggers
+    serve_deployments(deployments)               # or: distill serve
+"""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from storage.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+PREFECT_YAML = ROOT / "prefect.yaml"
+
+
+def read_prefect_yaml(path: str | Path = PREFECT_YAML) -> list[dict[str, Any]]:
+    """The deployment sections of prefect.yaml, checked against Prefect's own model of it."""
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    data = yaml.safe_load(Path(path).read_text())
+    PrefectYamlModel.model_validate(data)  # what `prefect deploy` accepts
+    return list(data.get("deployments") or [])
+
+
+def _schedules(spec: dict[str, Any]) -> list[Any]:
+    from prefect.schedules import Cron, Interval
+
+    out = []
+    for s in spec.get("schedules") or []:
+        kw = {k: s[k] for k in ("timezone", "active", "parameters", "slug") if k in s}
+        if "cron" in s:
+            out.append(Cron(s["cron"], day_or=s.get("day_or", True), **kw))
+        elif "interval" in s:
+            out.append(Interval(datetime.timedelta(seconds=float(s["interval"])), **kw))
+        else:
+            raise InputError(f"deployment {spec['name']}: only cron and interval schedules are served here")
+    return out
+
+
+def _triggers(spec: dict[str, Any]) -> list[Any]:
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+
+    return _initialize_deployment_triggers(spec["name"], [dict(t) for t in spec.get("triggers") or []])
+
+
+def load_deployments(path: str | Path = PREFECT_YAML, names: list[str] | None = None) -> list[Any]:
+    """RunnerDeployments for the deployments of prefect.yaml (all, or those named)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    specs = read_prefect_yaml(path)
+    known = [s["name"] for s in specs]
+    for name in names or []:
+        if name not in known:
+            raise InputError(f"no deployment named {name!r} in {path} (known: {', '.join(known)})")
+    out = []
+    for spec in specs:
+        if names and spec["name"] not in names:
+            continue
+        file, _, func = spec["entrypoint"].partition(":")
+        flow = load_flow_from_entrypoint(f"{ROOT / file}:{func}")
+        flow.validate_parameters(spec.get("parameters") or {})  # the defaults the deployment runs with
+        out.append(flow.to_deployment(
+            name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
+            parameters=spec.get("parameters") or {}, schedules=_schedules(spec), triggers=_triggers(spec),
+        ))
+    return out
+
+
+def serve_deployments(deployments: list[Any]) -> None:
+    """Serve deployments from this process until interrupted (needs a Prefect server)."""
+    from prefect import serve
+
+    serve(*deployments)
