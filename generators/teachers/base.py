@@ -88,9 +88,14 @@ class ChatRequest(BaseModel):
         """n samples of this request: copies with sample_index 0..n-1."""
         return [self.model_copy(update={"sample_index": i}) for i in range(n)]
 
+    def merged_params_dict(self, defaults: SamplingParams | None = None) -> dict[str, Any]:
+        """``self.params.merged_over(defaults).as_dict()``, without building a model (hot path)."""
+        params = self.params.as_dict()
+        return {**defaults.as_dict(), **params} if defaults is not None else params
+
     def key(self, model: str, defaults: SamplingParams | None = None) -> str:
         """Deterministic ledger key: hash(model, kind, messages/prompt, params, sample index)."""
-        params = self.params.merged_over(defaults).as_dict()
+        params = self.merged_params_dict(defaults)
         body = list(self.messages) if self.messages is not None else self.prompt
         return content_key(model, self.kind, canonical_json(body), canonical_json(params),
                            str(self.sample_index))

@@ -34,7 +34,7 @@ import pyarrow.ipc
 
 from generators.teachers.base import ChatRequest, Completion, Teacher, TokenLogprob
 from storage.errors import DatabaseError
-from storage.records import RequestRecord
+from storage.records import RequestRecord, utcnow
 from storage.store import records_to_arrow
 
 log = logging.getLogger(__name__)
@@ -153,17 +153,19 @@ class LedgeredTeacher(Teacher):
     def _record(self, request: ChatRequest, done: Completion) -> tuple[RequestRecord, Completion]:
         if done.ok and not (done.text or "").strip():
             done = done.model_copy(update={"ok": False, "text": None, "error": "empty content"})
-        record = RequestRecord(
+        # model_construct: every field is built right here from typed values, and this
+        # runs once per request on the hot path (validation would double the ledger's cost).
+        record = RequestRecord.model_construct(
             key=done.key, model=self.inner.model, backend=self.inner.backend, kind=request.kind,
             messages=[dict(m) for m in request.messages] if request.messages is not None else None,
-            prompt=request.prompt, params=request.params.merged_over(self.inner.defaults).as_dict(),
+            prompt=request.prompt, params=request.merged_params_dict(self.inner.defaults),
             sample_index=request.sample_index, status="ok" if done.ok else "failed",
             response_text=done.text if done.ok else None, finish_reason=done.finish_reason,
             prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens,
             latency_s=done.latency_s, attempts=done.attempts,
             error=None if done.ok else (done.error or "failed without a reason"),
             logprobs=[t.model_dump() for t in done.logprobs] if done.logprobs else None,
-            run_id=self.run_id,
+            run_id=self.run_id, created_at=utcnow(),
         )
         return record, done
 
@@ -195,7 +197,8 @@ class LedgeredTeacher(Teacher):
                 stats.ok += done.ok
                 stats.failed += not done.ok
                 for i in positions[record.key]:
-                    yield i, done.model_copy(update={"tag": requests[i].tag})
+                    tag = requests[i].tag
+                    yield i, done if done.tag == tag else done.model_copy(update={"tag": tag})
         finally:
             await writer.close()
             if self.merge:

@@ -132,8 +132,8 @@ class OpenAITeacher(Teacher):
         return text.replace(key, "***") if key and len(key) >= 4 else text
 
     # -- requests ------------------------------------------------------------------------------
-    def _payload(self, request: ChatRequest, params: SamplingParams) -> dict[str, Any]:
-        p = params.as_dict()
+    def _payload(self, request: ChatRequest, p: dict[str, Any]) -> dict[str, Any]:
+        """The JSON body for ``request`` with merged sampling params ``p`` (``as_dict`` form)."""
         body: dict[str, Any] = {"model": self.model}
         for name in ("temperature", "top_p", "max_tokens", "seed", "presence_penalty", "frequency_penalty"):
             if name in p:
@@ -142,20 +142,20 @@ class OpenAITeacher(Teacher):
             body["stop"] = list(p["stop"])
         if request.kind == "chat":
             body["messages"] = [dict(m) for m in request.messages or ()]
-            if params.logprobs is not None:
+            if "logprobs" in p:
                 body["logprobs"] = True
-                body["top_logprobs"] = params.logprobs
+                body["top_logprobs"] = p["logprobs"]
         else:
             body["prompt"] = request.prompt
-            if params.logprobs is not None:
-                body["logprobs"] = params.logprobs
+            if "logprobs" in p:
+                body["logprobs"] = p["logprobs"]
         if self.extra_body:
             body["extra_body"] = self.extra_body
         return body
 
-    def _estimate_tokens(self, request: ChatRequest, params: SamplingParams) -> int:
+    def _estimate_tokens(self, request: ChatRequest, p: dict[str, Any]) -> int:
         text = request.prompt or "".join(m.get("content", "") for m in request.messages or ())
-        return len(text) // 4 + 8 + (params.max_tokens or 256)
+        return len(text) // 4 + 8 + (p.get("max_tokens") or 256)
 
     async def _send(self, client: openai.AsyncOpenAI, request: ChatRequest, body: dict[str, Any]) -> Any:
         try:
@@ -210,7 +210,7 @@ class OpenAITeacher(Teacher):
         client = self._bind()
         assert self._sem is not None
         key = self.key(request)
-        params = request.params.merged_over(self.defaults)
+        params = request.merged_params_dict(self.defaults)
         body = self._payload(request, params)
         estimate = self._estimate_tokens(request, params) if self._tpm else 0
         attempt = 0
