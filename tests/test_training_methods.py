@@ -20,6 +20,16 @@ from training.train import train
 METHODS = ["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "distill"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two torch
+    threads run ~10x slower than one (they spin waiting for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from rich.console import Console
 
 from storage.datasets import create_dataset
@@ -26,6 +27,16 @@ from training.evaluate import (
 )
 from training.testing import tiny_llama, toy_rows
 from training.train import load_model, load_tokenizer, train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two torch
+    threads run ~10x slower than one (they spin waiting for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,16 @@ from training.student import STUDENT_MARKER, build_student, check_same_tokenizer
 from training.testing import tiny_llama
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two torch
+    threads run ~10x slower than one (they spin waiting for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     return tiny_llama(tmp_path_factory.mktemp("models") / "teacher4", num_layers=4, seed=1)
