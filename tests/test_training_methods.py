@@ -117,3 +117,20 @@ def test_kd_with_a_foreign_tokenizer_is_refused(models, tmp_path):
     tok.save_pretrained(other)
     with pytest.raises(DistillError, match="tokenizers differ"):
         train(_config("kd", other, teacher, tmp_path / "x"), toy_rows(4), show_progress=False)
+
+
+def test_step_by_step_loss_weighs_the_two_tasks(models, tmp_path):
+    from training.distill_step_by_step import build_distill_trainer
+
+    student, _ = models
+    config = _config("distill", student, student, tmp_path, alpha=0.25)
+    model = AutoModelForCausalLM.from_pretrained(student)
+    trainer = build_distill_trainer(config, model, AutoTokenizer.from_pretrained(student),
+                                    toy_rows(1, rationale=True), str(tmp_path))
+    examples = [trainer.train_dataset[0], trainer.train_dataset[1]]  # predict, explain of the same row
+    batch = trainer.data_collator(examples)
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        separate = [model(input_ids=batch["input_ids"][i:i + 1], attention_mask=batch["attention_mask"][i:i + 1],
+                          labels=batch["labels"][i:i + 1]).loss for i in (0, 1)]
+    assert loss.item() == pytest.approx(0.75 * separate[0].item() + 0.25 * separate[1].item(), rel=1e-4)
