@@ -179,7 +179,12 @@ def train(
         raise DistillError("device 'cuda' requested but torch sees no GPU")
     set_seed(config.seed)
 
-    teacher_path = resolve_teacher(config.teacher)
+    try:
+        teacher_path = resolve_teacher(config.teacher)
+    except NotFoundError:
+        if config.white_box or config.student == "prune":
+            raise
+        teacher_path = None  # sft/distill on a given student: the teacher is only recorded
     if config.white_box and teacher_path is None:
         raise TeacherError(f"method {config.method!r} needs a local teacher; {config.teacher!r} is API-only")
     student_path = resolve_student(config, teacher_path)
