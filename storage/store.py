@@ -395,7 +395,9 @@ class Store:
         self.write_timeout = write_timeout
         self.read_timeout = read_timeout
         self._schema_ok = False  # migrations checked/applied by this object already
-        self._write_con: duckdb.DuckDBPyConnection | None = None  # inside write()
+        # The connection of a write() block, per thread: a read inside the block sees its
+        # transaction; other threads must not share a DuckDB connection.
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"Store({str(self.path)!r})"
@@ -466,8 +468,9 @@ class Store:
 
     @contextmanager
     def _reading(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        if self._write_con is not None:  # a read inside write() sees that transaction
-            yield self._write_con
+        write_con = getattr(self._local, "write_con", None)
+        if write_con is not None:  # a read inside write() sees that transaction
+            yield write_con
             return
         if not self.path.exists():
             raise DatabaseError(
@@ -617,7 +620,7 @@ class Store:
         with self._writing(self.write_timeout if timeout is None else timeout) as con:
             self._merge_journal(con)
             con.begin()
-            self._write_con = con
+            self._local.write_con = con
             try:
                 yield con
                 con.commit()
@@ -625,7 +628,7 @@ class Store:
                 con.rollback()
                 raise
             finally:
-                self._write_con = None
+                self._local.write_con = None
 
     # -- the journal -------------------------------------------------------------------
 

@@ -88,6 +88,18 @@ def test_reingest_is_all_duplicates(store):
     assert store.table_counts()["instructions"] == 5
 
 
+def test_small_batch_into_a_big_table(store):
+    # A batch much smaller than the table goes through ON CONFLICT (index lookups)
+    # rather than the anti-join: the counts must be the same either way.
+    store.ingest([Instruction(text=f"bulk {i}", method="seed") for i in range(200)])
+    batch = [Instruction(text=f"bulk {i}", method="seed") for i in (1, 2, 2)] + [
+        Instruction(text=f"fresh {i}", method="seed") for i in (1, 1, 2)
+    ]
+    result = store.ingest(batch)
+    assert (result.new, result.duplicate) == ({"instructions": 2}, {"instructions": 4})
+    assert store.table_counts()["instructions"] == 202
+
+
 def test_mixed_batch_and_all_record_types(store):
     ins, samples = _seed_records(2)
     run = Run(flow="test", config={"a": 1})
