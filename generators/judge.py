@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -31,8 +30,6 @@ from generators.common import make_request, run_sync
 from generators.teachers.base import Teacher
 from generators.templates import load_template
 from storage.records import FilterDecision
-
-P = TypeVar("P")
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _PAIR_LINE = re.compile(rf"scores?\s*[:=\-]?\s*\**\s*{_NUM}\s*(?:/\s*10\s*)?(?:,|;|/|\band\b|\s)\s*{_NUM}", re.I)
@@ -168,12 +165,6 @@ def parse_single(text: str, lo: float = 1, hi: float = 10) -> tuple[float, str] 
 # --------------------------------------------------------------------------- asking with retries
 
 
-@dataclass
-class _Pending:
-    prompt: str
-    call: JudgeCall
-
-
 async def _ask(teacher: Teacher, prompts: Sequence[str], parse: Callable[[str], Any], config: JudgeConfig,
                tag: str) -> list[tuple[JudgeCall, Any]]:
     """Ask every prompt; re-ask the unparseable ones (new sample_index) up to max_retries times."""
@@ -265,6 +256,7 @@ def judge_pairwise(teacher: Teacher, items: Sequence[PairwiseItem],
     return run_sync(ajudge_pairwise(teacher, items, config))
 
 
-def judge_single(teacher: Teacher, items: Sequence[SingleItem], config: JudgeConfig | None = None) -> list[SingleVerdict]:
+def judge_single(teacher: Teacher, items: Sequence[SingleItem],
+                 config: JudgeConfig | None = None) -> list[SingleVerdict]:
     """Sync wrapper of :func:`ajudge_single`."""
     return run_sync(ajudge_single(teacher, items, config))

@@ -102,8 +102,8 @@ class RationalesConfig(BaseModel):
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the reasoning samples.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus mass (None = backend default).")
     max_tokens: int = Field(256, ge=1, description="Token limit of one rationale and answer.")
-    request_format: Literal["completion", "chat"] = Field("completion", description="'completion': the "
-                                                          "teacher continues the few-shot text; 'chat': sent as a message.")
+    request_format: Literal["completion", "chat"] = Field(
+        "completion", description="'completion': the teacher continues the few-shot text; 'chat': sent as a message.")
     system_prompt: str | None = Field(None, description="Optional system prompt.")
     stop: list[str] = Field(default_factory=lambda: ["\nQ:"], description="Stop sequences (the next question).")
 

@@ -35,7 +35,8 @@ class ResponsesConfig(BaseModel):
 
     n: int = Field(1, ge=1, description="Samples per instruction (sample_index 0..n-1, each its own request).")
     system_prompt: str | None = Field(None, description="System prompt given to the teacher (stored on each sample).")
-    request_format: Literal["chat", "completion"] = Field("chat", description="Chat message or plain completion prompt.")
+    request_format: Literal["chat", "completion"] = Field("chat", description="Chat message or plain "
+                                                          "completion prompt.")
     temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 = the teacher's greedy answer.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus mass (None = backend default).")
     max_tokens: int = Field(1024, ge=1, description="Token limit of an answer.")

@@ -40,11 +40,17 @@ A flow runs it in batches, keeping the pool between batches::
         store.ingest(step.records)          # the flow persists; this module never opens the database
 
 or in one call: ``run_self_instruct(teacher, seeds, SelfInstructConfig(), target=20)``.
+
+Resuming: given the same seeds and rng seed, the steps are deterministic functions of the
+teacher's answers. Re-running an interrupted run from the start through the ledgered
+teacher therefore replays every request already paid for from the ledger (free, same
+answers, same pool) and pays only for new work; content keys make the re-ingest a no-op.
+(Alternatively ``SelfInstructState.create(seeds, config, existing=stored_instructions)``
+continues from a stored pool with fresh prompts.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import re
