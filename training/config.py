@@ -100,7 +100,10 @@ class TrainConfig(BaseModel):
     beta: float | None = Field(
         None, ge=0.0, le=1.0, description="JSD interpolation: 0 forward KL, 1 reverse KL; preset if None."
     )
-    temperature: float = Field(0.9, gt=0.0, description="Sampling temperature for on-policy / seq-KD generation.")
+    temperature: float = Field(
+        0.9, gt=0.0,
+        description="Sampling temperature for on-policy / seq-KD generation (TRL's GKD loss itself uses 1).",
+    )
     max_new_tokens: int = Field(64, ge=1, description="Tokens sampled per on-policy / seq-KD completion.")
     alpha: float = Field(
         0.5, ge=0.0, le=1.0,
