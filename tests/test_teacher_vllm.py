@@ -67,6 +67,29 @@ def test_serves_and_stops_its_whole_process_group(tmp_path, model_dir):
     teacher.stop()  # idempotent
 
 
+def test_no_orphans_when_the_caller_fails(tmp_path, model_dir, store):
+    from generators.teachers.config import TeacherConfig, build_teacher
+
+    python = stand_in(tmp_path, f"""
+        while [ "$1" != "--port" ]; do shift; done
+        exec {sys.executable} {FAKE_SERVER} --port "$2"
+    """)
+    options = VLLMOptions(python=python, model_dir=model_dir, log_file=str(tmp_path / "v.log"))
+    with pytest.raises(RuntimeError, match="flow failed"):
+        with VLLMTeacher(options=options) as teacher:
+            pgid = teacher.server.proc.pid
+            raise RuntimeError("flow failed")
+    assert group_gone(pgid)
+
+    ledgered = build_teacher(TeacherConfig(backend="vllm", vllm=options), store=store)
+    try:
+        assert ledgered.generate([ChatRequest.chat("x")])[0].ok
+        pgid = ledgered.inner.server.proc.pid
+    finally:
+        ledgered.close()
+    assert group_gone(pgid)
+
+
 def test_server_that_dies_shows_its_log(tmp_path, model_dir):
     python = stand_in(tmp_path, """
         echo "INFO loading model"
