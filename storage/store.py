@@ -6,7 +6,8 @@ open: each commit opens a connection, writes, and closes it; readers open ``read
 and retry while a writer holds the lock; and a writer that cannot get the lock appends
 its batch to a journal beside the database (``<db>.journal/``, one Arrow IPC file per
 table per batch, fsynced and renamed into place) that the next successful commit merges.
-Content keys plus ``ON CONFLICT`` make every replay of the journal harmless.
+Content keys plus ``ON CONFLICT`` make every replay of the journal harmless. A reader
+kept waiting leaves a marker that makes ingest spool, so a busy writer cannot starve it.
 
     store = Store("distillery.duckdb")
     result = store.ingest([instruction, sample])     # IngestResult(new=..., duplicate=...)
@@ -18,9 +19,9 @@ Content keys plus ``ON CONFLICT`` make every replay of the journal harmless.
 from __future__ import annotations
 
 import functools
-import operator
 import importlib.metadata
 import logging
+import operator
 import os
 import re
 import subprocess
