@@ -218,6 +218,7 @@ async def aevol_round(teacher: Teacher, instructions: Sequence[Instruction], con
 
     candidates: list[_Candidate] = []
     next_pool: dict[int, Instruction] = {}
+    known = {i.id for i in instructions}
     for pos, (parent, op, request, ref, done) in enumerate(zip(instructions, chosen, requests, refs, completions)):
         next_pool[pos] = parent
         if not done.ok or done.text is None:
@@ -232,13 +233,18 @@ async def aevol_round(teacher: Teacher, instructions: Sequence[Instruction], con
             request_key=done.key, teacher_model=teacher.model, template_version=ref,
             sampling_params=params_of(teacher, request), run_id=run_id,
             metadata={"finish_reason": done.finish_reason})
+        if evolved.id in known:
+            # The rewrite is the parent (or another instruction of the batch) verbatim: no
+            # new item exists, and a decision under that id would mark the original dropped.
+            counts.inc("eliminated_no_information_gain")
+            counts.inc("copies_of_pool_items")
+            continue
         cand = _Candidate(parent, op, evolved)
         if done.truncated:
             cand.reason = "truncated"
         elif copies_prompt_wording(text, config.copied_phrases):
             cand.reason = "copied_prompt_wording"
-        elif evolved.id == parent.id or normalize_text(text) == normalize_text(
-                instruction_prompt(parent.text, parent.input)):
+        elif normalize_text(text) == normalize_text(instruction_prompt(parent.text, parent.input)):
             cand.reason = "no_information_gain"
         candidates.append(cand)
         cand.instruction.metadata["pool_position"] = pos

@@ -270,6 +270,8 @@ class SelfInstructState:
         self.seeds = list(seeds)
         self.novelty = novelty
         self.machine: list[Instruction] = []
+        # Ids of every instruction in the pool (seed tasks and kept tasks).
+        self.known_ids: set[str] = {Instruction.key_for(t.instruction) for t in self.seeds}
         self.outputs: dict[str, str] = {}  # machine task id -> an output (Alpaca demos)
         self.prompts_issued = 0  # sample_index of the next prompt: identical prompts stay distinct requests
         self.round = 0
@@ -291,6 +293,7 @@ class SelfInstructState:
         """Put an already accepted task in the pool (no novelty check). ``index=False``
         when its text is already in the ROUGE-L index (check_and_add put it there)."""
         self.machine.append(instruction)
+        self.known_ids.add(instruction.id)
         if index:
             self.novelty.add(instruction.text)
         if output:
@@ -582,6 +585,12 @@ async def aself_instruct_step(teacher: Teacher, state: SelfInstructState, config
             else:
                 name, decision = check_instruction(text, config, state.novelty, blacklist=blacklist)
             item_id = Instruction.key_for(text, inp)
+            if not decision.kept and item_id in state.known_ids:
+                # A copy of a seed or of a kept task: the item already exists and is fine;
+                # a drop decision under its id would mark *it* dropped. Count it only.
+                counts.inc(f"dropped_{decision.reason}")
+                counts.inc("copies_of_pool_items")
+                continue
             result.decisions.append(to_record(decision, item_id=item_id, filter=name,
                                               item_kind="instruction", run_id=run_id))
             if not decision.kept:
@@ -591,6 +600,7 @@ async def aself_instruct_step(teacher: Teacher, state: SelfInstructState, config
                     teacher_model=teacher.model, template_version=ref, run_id=run_id,
                     metadata={"rejected_by": name, "reason": decision.reason}))
                 continue
+            state.known_ids.add(item_id)  # joins the pool now: a later copy in this batch is a copy
             accepted.append(_Accepted(text, inp, out, done, request, ref, decision.score))
 
     if config.variant == "self_instruct" and accepted:

@@ -144,12 +144,16 @@ def test_each_elimination_case():
 
     reasons = {case_of_evolved[r.text]: r.metadata["eliminated"] for r in step.rejected}
     assert reasons == {
-        "copy": "copied_prompt_wording", "equal": "no_information_gain", "identical": "no_information_gain",
+        "copy": "copied_prompt_wording", "equal": "no_information_gain",
         "sorry": "apology", "stop": "stop_words_only", "truncated": "truncated", "answer_failed": "response_failed",
     }
     assert sorted(case_of_evolved[i.text] for i in step.instructions) == ["long_sorry", "ok"]
     assert {d.reason for d in step.decisions if not d.kept} == set(reasons.values())
-    assert len(step.decisions) == 9  # one per evolution that came back; none for the failed request
+    # One decision per new evolution; none for the failed request, and none for the
+    # verbatim copy of its parent (its id *is* the parent's: a drop would mark the parent).
+    assert len(step.decisions) == 8
+    assert not [d for d in step.decisions if d.item_id in {p.id for p in pool}]
+    assert step.counts["eliminated_no_information_gain"] == 2 and step.counts["copies_of_pool_items"] == 1
     assert step.counts["failed"] == 1 and step.counts["answer_failed"] == 1
     # The pool keeps each eliminated evolution's parent (and the failed one's) in place.
     for parent, nxt in zip(pool, step.pool):

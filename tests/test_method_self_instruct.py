@@ -214,6 +214,20 @@ def test_step_records_reasons_and_pool_grows_immediately():
     assert req.params.top_p == 0.5 and req.params.max_tokens == 1024 and "\n\n" in req.params.stop
 
 
+def test_a_copied_seed_gets_no_drop_decision_under_its_own_id():
+    seed_text = SEED_TEXTS[0]
+    teacher = ScriptedTeacher(generating(f" {seed_text}\n10. Plan a scavenger hunt for a rainy afternoon.\n"
+                                         "11. Plan a scavenger hunt for a rainy afternoon."))
+    config = no_instances()
+    state = SelfInstructState.create(seeds(), config)
+    step = self_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=1)
+    from storage.records import Instruction
+    ids = {Instruction.key_for(seed_text)} | {i.id for i in step.instructions}
+    assert not [d for d in step.decisions if d.item_id in ids and not d.kept]
+    assert step.counts["dropped_too_similar"] == 2 and step.counts["copies_of_pool_items"] == 2
+    assert [i.text for i in step.instructions] == ["Plan a scavenger hunt for a rainy afternoon."]
+
+
 def test_truncated_response_dropped_whole_and_failures_counted():
     cut = Completion(key="", ok=True, text=" Plan a garden.\n10. List four", finish_reason="length")
     teacher = ScriptedTeacher(generating(cut))
