@@ -20,6 +20,7 @@ the ``with`` block, and interpreter exit) sends SIGTERM to the group, then SIGKI
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -227,8 +228,6 @@ class VLLMTeacher(OpenAITeacher):
 
     async def _ready(self) -> None:
         if self.server is not None and not self.server.running:
-            import asyncio
-
             await asyncio.to_thread(self.start)
 
     async def astream(self, requests: list[ChatRequest]):  # type: ignore[override]
