@@ -1,7 +1,7 @@
 """Embedded teacher on CPU: generated tokens/s batched vs one prompt at a time.
 
     .venv/bin/python benchmarks/bench_embedded.py                       # 32 prompts x 32 tokens
-    .venv/bin/python benchmarks/bench_embedded.py --prompts 16 --single 4 --threads 1 --header
+    .venv/bin/python benchmarks/bench_embedded.py --prompts 16 --single 4 --threads 1
 
 SmolLM2-135M-Instruct through ``TransformersTeacher`` (greedy, float32). "One at a time"
 sends ``--single`` prompts as separate ``generate`` calls; "batched" sends all
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the backend's choice")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
-    parser.add_argument("--header", action="store_true")
+    parser.add_argument("--no-header", dest="header", action="store_false", help="rows only")
     args = parser.parse_args()
     command = "python benchmarks/bench_embedded.py " + " ".join(sys.argv[1:])
 

@@ -1,7 +1,7 @@
 """Teacher-layer overhead: OpenAITeacher + the ledger (a real DuckDB) vs a bare asyncio loop.
 
     .venv/bin/python benchmarks/bench_teacher.py                 # 2,000 requests, 100 ms, concurrency 64
-    .venv/bin/python benchmarks/bench_teacher.py --n 500 --header
+    .venv/bin/python benchmarks/bench_teacher.py --n 500
 
 The fake OpenAI server (tests/fake_openai_server.py) runs in its own process with a
 fixed 100 ms latency and no faults, so it neither shares our event loop nor our GIL.
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.1)
-    parser.add_argument("--header", action="store_true")
+    parser.add_argument("--no-header", dest="header", action="store_false", help="rows only")
     args = parser.parse_args()
     command = "python benchmarks/bench_teacher.py " + " ".join(sys.argv[1:])
     limit = args.concurrency / args.latency
