@@ -354,10 +354,23 @@ def _group_by_table(records: Iterable[Record]) -> list[_Batch]:
 
 # --- the store ------------------------------------------------------------------------
 
-# One writer at a time per database file within this process: threads of one flow
-# share DuckDB's in-process instance, where concurrent inserts of the same key would
-# fail with a transaction conflict instead of de-duplicating.
-_process_write_locks: dict[Path, threading.RLock] = defaultdict(threading.RLock)
+# One connection at a time per database file within this process. Threads of one flow
+# would otherwise collide inside DuckDB: a read-write open fails while this process holds
+# a read-only one ("different configuration"), and concurrent inserts of one key fail
+# with a transaction conflict instead of de-duplicating. Reentrant, so a read inside
+# write() on the same thread does not deadlock.
+_process_locks: dict[Path, threading.RLock] = defaultdict(threading.RLock)
+
+
+@contextmanager
+def _process_lock(path: Path, timeout: float) -> Iterator[None]:
+    lock = _process_locks[path]
+    if not lock.acquire(timeout=timeout):
+        raise DatabaseLockedError(f"database {path} is busy in this process (waited {timeout:g}s)")
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> Any:
@@ -477,18 +490,19 @@ class Store:
             raise DatabaseError(
                 f"database {self.path} does not exist (run `distill db init` or ingest something first)"
             )
-        con = self._connect(read_only=True, timeout=self.read_timeout)
-        try:
-            if not self._schema_ok:
-                self._check_not_newer(self._db_version(con))
-            yield con
-        finally:
-            con.close()
+        with _process_lock(self.path, self.read_timeout):
+            con = self._connect(read_only=True, timeout=self.read_timeout)
+            try:
+                if not self._schema_ok:
+                    self._check_not_newer(self._db_version(con))
+                yield con
+            finally:
+                con.close()
 
     @contextmanager
     def _writing(self, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
         """A migrated read-write connection held for one commit, then closed."""
-        with _process_write_locks[self.path]:
+        with _process_lock(self.path, timeout):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = self._connect(read_only=False, timeout=timeout)
             try:

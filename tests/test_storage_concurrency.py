@@ -136,3 +136,19 @@ def test_kill_minus_nine_loses_nothing_acknowledged(tmp_path):
     assert set(counts) - set(acked) <= {max(acked) + 1}
     assert all(n == 200 for n in counts.values())
     assert store.journal_segments() == []
+
+
+def test_threads_of_one_process_share_a_store(store):
+    # Reads and writes from worker threads, as a flow's concurrent batches do.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int):
+        if i % 2:
+            batch = [Instruction(text=f"thread {i} item {j}", method="seed") for j in range(20)]
+            return store.ingest([*batch, Instruction(text="in every batch", method="seed")])
+        return store.query("SELECT count(*) AS n FROM instructions")
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        list(pool.map(work, range(24)))
+    store.merge_journal()
+    assert store.table_counts()["instructions"] == 12 * 20 + 1
