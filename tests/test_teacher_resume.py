@@ -2,8 +2,9 @@
 for what was not recorded and never for a key already ok.
 
 What a kill can lose: the requests on the wire (at most ``concurrency``) plus the answers
-that arrived while the journal was being fsynced (one group commit, at most another
-``concurrency`` here since only that many can finish at once)."""
+waiting for the next group commit (the ledger appends at most every 50 ms) and those in
+the append being fsynced. Each request here takes at least 50 ms, so each of those holds
+at most ``concurrency`` answers."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_killed_run_resumes_without_paying_twice(fake_openai, tmp_path):
     store = Store(db)
     teacher = LedgeredTeacher(OpenAITeacher("fake-model", base_url=fake_openai.url), store)
     recorded = teacher.lookup([teacher.key(r) for r in requests()])  # database + unmerged journal
-    lost_at_most = 2 * CONCURRENCY
+    lost_at_most = 3 * CONCURRENCY
     assert len(recorded) >= len(first_counts) - lost_at_most
 
     done = teacher.generate(requests())
