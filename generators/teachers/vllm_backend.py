@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -63,6 +64,26 @@ def vllm_python(options: VLLMOptions | None = None) -> str:
     if not (Path(python).is_file() and os.access(python, os.X_OK)):
         raise TeacherError(f"vLLM interpreter {python} does not exist or is not executable")
     return python
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGTERM the server when its parent dies.
+
+    atexit and context managers cover every exit but SIGKILL of the process that started
+    the server; PR_SET_PDEATHSIG covers that one, so a killed flow leaves no orphan vLLM.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _on_main_thread() -> bool:
+    # Linux sends the death signal when the *thread* that forked exits, so it is only
+    # safe when the server is started from the main thread (which lives as long as the
+    # process); from a worker thread we rely on stop()/atexit alone.
+    return threading.current_thread() is threading.main_thread()
 
 
 class VLLMServer:
@@ -109,7 +130,8 @@ class VLLMServer:
             log.info("starting vLLM: %s (log %s)", " ".join(cmd), self.log_path)
             with open(self.log_path, "wb") as out:
                 self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             env=env, start_new_session=True)
+                                             env=env, start_new_session=True,
+                                             preexec_fn=_die_with_parent if _on_main_thread() else None)
             with _LIVE_LOCK:
                 _LIVE.add(self)
         try:
