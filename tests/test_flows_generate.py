@@ -1,0 +1,179 @@
+"""The generate flow under a real (temporary) Prefect API, with a scripted teacher."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from flows.config import GenerateConfig
+from generators.teachers.config import TeacherConfig
+from storage.store import Store
+
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
+
+REFUSAL = "I'm sorry, but I cannot help with that request."
+ANSWER = "Here is a careful answer that explains the idea in plain words."
+
+
+def _instructions(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "instructions.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Explain topic number {i} to a child."}) + "\n"
+                            for i in range(n)))
+    return path
+
+
+def _teacher(refuse: range = range(0)) -> TeacherConfig:
+    script = {f"Explain topic number {i} to a child.": REFUSAL for i in refuse}
+    return TeacherConfig(backend="scripted", model="scripted-teacher", script=script, default_response=ANSWER)
+
+
+def _run(**kwargs):
+    from flows.generate import generate_flow
+
+    return asyncio.run(generate_flow(**kwargs))
+
+
+KEPT_SQL = """SELECT count(*) AS n FROM samples s WHERE s.run_id = ?
+AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.id AND NOT d.kept)"""
+
+
+def test_target_counts_kept_samples_and_every_drop_is_recorded(tmp_path):
+    db = str(tmp_path / "g.duckdb")
+    cfg = GenerateConfig(method="responses", target=20, batch_size=6, max_concurrent_batches=2,
+                         instructions_file=str(_instructions(tmp_path, 40)))
+    out = _run(run_name="t1", teacher=_teacher(refuse=range(0, 40, 3)), generate=cfg, db=db)
+
+    assert out["status"] == "completed" and out["kept"] == 20
+    assert out["dropped"] and set(out["dropped"]) == {"quality:refusal"}
+    store = Store(db)
+    assert store.query(KEPT_SQL, [out["run_id"]])[0]["n"] == 20
+    drops = store.query("SELECT filter, reason, count(*) AS n FROM filter_decisions WHERE NOT kept GROUP BY ALL")
+    assert drops == [{"filter": "quality", "reason": "refusal", "n": out["dropped"]["quality:refusal"]}]
+    # Every request the flow made is in the ledger, under this run.
+    assert store.query("SELECT count(*) AS n FROM requests WHERE run_id = ?", [out["run_id"]])[0]["n"] == out["sent"]
+    (run,) = store.query("SELECT * FROM runs WHERE flow = 'generate'")
+    assert run["name"] == "t1" and run["status"] == "completed" and run["ended_at"] is not None
+    counts = json.loads(run["counts"])
+    assert counts["kept"] == 20 and json.loads(run["config"])["generate"]["target"] == 20
+    assert store.check_integrity() == {}
+
+
+def test_rerunning_a_finished_run_sends_nothing_and_stores_nothing_twice(tmp_path):
+    db = str(tmp_path / "g.duckdb")
+    cfg = GenerateConfig(method="responses", target=12, batch_size=5,
+                         instructions_file=str(_instructions(tmp_path, 30)))
+    first = _run(run_name="again", teacher=_teacher(refuse=range(2)), generate=cfg, db=db)
+    before = Store(db).table_counts()
+    second = _run(run_name="again", teacher=_teacher(refuse=range(2)), generate=cfg, db=db)
+    assert first["sent"] > 0 and second["sent"] == 0 and second["cached"] == second["requested"]
+    assert second["kept"] == 12 and second["status"] == "completed"
+    after = Store(db).table_counts()
+    assert {k: v for k, v in after.items() if k != "runs"} == {k: v for k, v in before.items() if k != "runs"}
+
+
+def test_budget_stops_the_run_with_a_summary(tmp_path):
+    db = str(tmp_path / "g.duckdb")
+    cfg = GenerateConfig(method="responses", target=30, batch_size=4, max_attempts=10,
+                         instructions_file=str(_instructions(tmp_path, 40)))
+    out = _run(run_name="poor", teacher=_teacher(refuse=range(0, 40, 2)), generate=cfg, db=db)
+    assert out["status"] == "budget_exhausted"
+    assert out["requests_used"] == 10 and out["kept"] + sum(out["dropped"].values()) == 10 and out["kept"] < 30
+    assert "request budget is spent (10/10 requests)" in out["message"]
+    assert "raise generate.max_attempts" in out["message"]
+
+
+def test_token_budget(tmp_path):
+    db = str(tmp_path / "g.duckdb")
+    cfg = GenerateConfig(method="responses", target=30, batch_size=4, token_budget=40,
+                         instructions_file=str(_instructions(tmp_path, 40)))
+    out = _run(run_name="tokens", teacher=_teacher(), generate=cfg, db=db)
+    assert out["status"] == "token_budget_exhausted" and out["kept"] < 30
+    assert out["tokens_used"] >= 40
+
+
+def test_a_teacher_that_always_fails_stops_the_run(tmp_path):
+    db = str(tmp_path / "g.duckdb")
+    teacher = TeacherConfig(backend="scripted", script={})  # no answers: every request fails
+    cfg = GenerateConfig(method="responses", target=10, batch_size=3,
+                         instructions_file=str(_instructions(tmp_path, 40)))
+    out = _run(run_name="dead", teacher=teacher, generate=cfg, db=db)
+    assert out["status"] == "teacher_failing" and out["kept"] == 0
+    assert "no scripted answer" in out["message"]
+    assert Store(db).query("SELECT count(*) AS n FROM samples WHERE method = 'responses'")[0]["n"] == 0
+
+
+def test_running_out_of_instructions(tmp_path):
+    db = str(tmp_path / "g.duckdb")
+    cfg = GenerateConfig(method="responses", target=50, batch_size=4,
+                         instructions_file=str(_instructions(tmp_path, 6)))
+    out = _run(run_name="few", teacher=_teacher(), generate=cfg, db=db)
+    assert out["status"] == "exhausted" and out["kept"] == 6
+    assert "no more work" in out["message"]
+
+
+def test_self_instruct_through_the_flow(tmp_path):
+    """Self-Instruct steps run one after another; tasks, instances and decisions are stored."""
+    db = str(tmp_path / "g.duckdb")
+    counter = iter(range(10_000))
+
+    def script(request):
+        from generators.teachers.scripted import prompt_text
+
+        text = prompt_text(request)
+        if "Is it classification" in text:
+            return "No"
+        if "Input:" in text or "Output:" in text:
+            return "Example 1\nInput: a short example input\nOutput: a short example output"
+        # New tasks with words no other task shares, so the ROUGE-L novelty filter keeps them.
+        return "\n".join(f"{9 + k}. Write about " + " ".join(f"topic{next(counter)}" for _ in range(6))
+                         for k in range(3))
+
+    from flows import generate as g
+    from generators.teachers import config as teacher_config
+
+    original = teacher_config.build_teacher
+
+    def build(config, store=None, run_id=None):
+        from generators.teachers.scripted import ScriptedTeacher
+
+        return ScriptedTeacher(script, model="scripted-si")
+
+    g.build_teacher = build
+    try:
+        cfg = GenerateConfig(method="self_instruct", target=4, batch_size=2, params={"request_format": "chat"})
+        out = _run(run_name="si", teacher=TeacherConfig(backend="scripted"), generate=cfg, db=db)
+    finally:
+        g.build_teacher = original
+    assert out["kept"] >= 4, out
+    store = Store(db)
+    tasks = store.query("SELECT count(*) AS n FROM instructions WHERE method = 'self_instruct' AND parent_id IS NULL")
+    assert tasks[0]["n"] >= 2
+    assert store.query("SELECT count(*) AS n FROM filter_decisions WHERE item_kind = 'instruction'")[0]["n"] > 0
+
+
+def test_artifacts_are_published(tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    db = str(tmp_path / "g.duckdb")
+    cfg = GenerateConfig(method="responses", target=5, batch_size=5,
+                         instructions_file=str(_instructions(tmp_path, 10)))
+    _run(run_name="Arts_1", teacher=_teacher(refuse=range(1)), generate=cfg, db=db)
+
+    async def read(key):
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return found[-1] if found else None
+
+    progress = asyncio.run(read("generate-arts-1-progress"))
+    table = asyncio.run(read("generate-arts-1-counts"))
+    report = asyncio.run(read("generate-arts-1-report"))
+    assert progress is not None and progress.type == "progress" and float(progress.data) == 100.0
+    assert table is not None and table.type == "table"
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert {"count": "kept", "value": 5} in rows and {"count": "dropped by quality:refusal", "value": 1} in rows
+    assert report is not None and report.type == "markdown"
+    assert "data:image/png;base64," in report.data and "```sql" in report.data
