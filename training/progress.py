@@ -28,12 +28,23 @@ class ProgressCallback(TrainerCallback):
         self._task = None
         self._start = 0.0
         self._last_loss: float | None = None
+        self._plain_every = 0
+        self._console = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._start = time.monotonic()
         if self.show:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+            console = Console()
+            if not console.is_terminal:
+                # A log file, not a terminal: a bar would only render at the end, so print a
+                # line every ~10% instead.
+                self._plain_every = max(1, (state.max_steps or 10) // 10)
+                self._console = console
+                self._report(state)
+                return
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -52,6 +63,11 @@ class ProgressCallback(TrainerCallback):
             self.loss_history.append({"step": int(state.global_step), "loss": float(loss)})
 
     def on_step_end(self, args, state, control, **kwargs):
+        if self._plain_every and (state.global_step % self._plain_every == 0 or state.global_step == state.max_steps):
+            loss = "-" if self._last_loss is None else f"{self._last_loss:.4f}"
+            self._console.print(
+                f"{self.description}: step {state.global_step}/{state.max_steps} loss {loss} "
+                f"({time.monotonic() - self._start:.0f}s)", highlight=False)
         if self._progress is not None:
             loss = "-" if self._last_loss is None else f"{self._last_loss:.4f}"
             self._progress.update(self._task, completed=state.global_step, loss=loss)
