@@ -58,19 +58,24 @@ class ProgressCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
-        if loss is not None:  # non-finite losses are kept too: the run record should show them
-            self._last_loss = float(loss)
-            self.loss_history.append({"step": int(state.global_step), "loss": float(loss)})
+        if loss is None:
+            return
+        # non-finite losses are kept too: the run record should show them
+        self._last_loss = float(loss)
+        self.loss_history.append({"step": int(state.global_step), "loss": float(loss)})
+        if self._progress is not None:
+            self._progress.update(self._task, loss=f"{self._last_loss:.4f}")
+        step, total = state.global_step, state.max_steps
+        if self._plain_every and (step % self._plain_every < args.logging_steps or step == total):
+            self._console.print(f"{self.description}: step {step}/{total} loss {self._last_loss:.4f} "
+                                f"({time.monotonic() - self._start:.0f}s)", highlight=False)
+        self._report(state)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._plain_every and (state.global_step % self._plain_every == 0 or state.global_step == state.max_steps):
-            loss = "-" if self._last_loss is None else f"{self._last_loss:.4f}"
-            self._console.print(
-                f"{self.description}: step {state.global_step}/{state.max_steps} loss {loss} "
-                f"({time.monotonic() - self._start:.0f}s)", highlight=False)
+        # The Trainer logs after on_step_end, so the loss shown here is the previous log's;
+        # on_log below refreshes it.
         if self._progress is not None:
-            loss = "-" if self._last_loss is None else f"{self._last_loss:.4f}"
-            self._progress.update(self._task, completed=state.global_step, loss=loss)
+            self._progress.update(self._task, completed=state.global_step)
         self._report(state)
 
     def on_train_end(self, args, state, control, **kwargs):
