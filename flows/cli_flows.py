@@ -41,6 +41,9 @@ def _quiet_prefect(verbose: bool) -> None:
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
+        # Library tqdm bars (weights loading, dataset mapping) would interleave with ours.
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Ephemeral mode starts a local API server; on a busy small machine the first start
     # (migrations into PREFECT_HOME) can take longer than Prefect's default 20 s.

@@ -35,6 +35,16 @@ RUN = textwrap.dedent("""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 
     db, exports = sys.argv[1:3]
+    deadline = time.monotonic() + 180
+    with get_client(sync_client=True) as client:  # the serving process registers it when it starts
+        while True:
+            try:
+                client.read_deployment_by_name("curate/curate")
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
     run = run_deployment("curate/curate", timeout=240, parameters={
         "db": db, "run_name": "scheduled",
         "curate": {"dataset": "sched", "export_dir": exports, "min_new_rows_for_event": 1}})
