@@ -84,7 +84,8 @@ class GenerateConfig(_Section):
     )
     samples_per_instruction: int = Field(
         1, ge=1, le=64,
-        description="Responses drawn per instruction (sample_index 0..n-1, each its own ledger key).",
+        description="Samples per instruction (responses: n; rationales: D reasoning paths), each "
+        "its own request and ledger key (sample_index 0..n-1).",
     )
     system_prompt: str | None = Field(None, description="System prompt given to the teacher for responses.")
     instructions_file: str | None = Field(
@@ -106,6 +107,17 @@ class GenerateConfig(_Section):
         default_factory=FiltersConfig,
         description="Filters applied inline to each batch, so target counts kept samples.",
     )
+
+    @model_validator(mode="after")
+    def _method_params(self) -> "GenerateConfig":
+        from flows.methods import method_config
+
+        try:  # the method's own config model checks its params (names, ranges, combinations)
+            method_config(self.method, self.params, n=self.samples_per_instruction,
+                          system_prompt=self.system_prompt)
+        except InputError as err:
+            raise ValueError(str(err)) from None
+        return self
 
     @property
     def attempts_cap(self) -> int:

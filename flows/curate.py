@@ -24,13 +24,13 @@ from prefect.events import emit_event
 from prefect.utilities.annotations import quote
 
 from flows import artifacts
-from flows._store import LockedStore
 from flows.config import CurateConfig
 from flows.filtering import SampleFilters, SampleItem
 from flows.progress import report
 from flows.runs import finish_run, run_id_for, start_run
 from storage.datasets import create_dataset, export_dataset
 from storage.errors import InputError
+from storage.store import Store
 
 EVENT = "distill.dataset.ready"
 CHUNK = 2000  # samples per filter task
@@ -77,7 +77,7 @@ def selection(generate_run: str | None) -> str:
 
 
 @task(name="filter-chunk", task_run_name="filter-chunk-{index}", cache_policy=NO_CACHE)
-def filter_chunk(index: int, rows: list[dict[str, Any]], filters: SampleFilters, store: LockedStore) -> dict:
+def filter_chunk(index: int, rows: list[dict[str, Any]], filters: SampleFilters, store: Store) -> dict:
     """Run the filters each sample still lacks; store every decision."""
     items = [SampleItem(r["sample_id"], r["instruction_id"], r["instruction"], r["input"], r["response"],
                         r["judge_score"]) for r in rows]
@@ -104,7 +104,7 @@ def curate_flow(
             ``curate.only_this_run`` and no generate_run, the generate run named ``run_name``.
     """
     logger = get_run_logger()
-    store = LockedStore(db)
+    store = Store(db)
     store.init()
     run = start_run(store, "curate", run_name, {"curate": curate.model_dump(mode="json"), "generate_run": generate_run})
     try:
@@ -118,7 +118,7 @@ def curate_flow(
     return summary
 
 
-def _curate(store: LockedStore, run_id: str, run_name: str, config: CurateConfig, generate_run: str | None,
+def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, generate_run: str | None,
             logger) -> dict[str, Any]:
     where = selection(generate_run or (run_name if config.only_this_run else None))
     filters = SampleFilters(config.filters, run_id=run_id)
@@ -169,7 +169,7 @@ def _curate(store: LockedStore, run_id: str, run_name: str, config: CurateConfig
     return totals
 
 
-def _publish(store: LockedStore, run_id: str, run_name: str, s: dict[str, Any]) -> None:
+def _publish(store: Store, run_id: str, run_name: str, s: dict[str, Any]) -> None:
     counts = {"candidates": s["candidates"], "judged": s["judged"], "kept": s["kept"]}
     counts.update({f"dropped by {k}": v for k, v in s["dropped"].items()})
     counts.update({"dataset rows": s["rows"], "train": s["train"], "eval": s["eval"], "new rows": s["new_rows"]})

@@ -52,7 +52,6 @@ from generators.teachers.config import build_teacher
 from generators.teachers.ledger import LedgeredTeacher
 from storage.errors import InputError
 from storage.records import Instruction
-from flows._store import LockedStore
 from storage.store import Store
 
 log = logging.getLogger(__name__)
@@ -211,7 +210,8 @@ def _instruction(row: dict[str, Any]) -> Instruction:
 def build_runner(store: Store, config: GenerateConfig, *, run_name: str, run_id: str, teacher_model: str,
                  seeds: str | None) -> Any:
     """The method adapter for ``config.method``, at its initial (replayable) state."""
-    params = method_config(config.method, config.params)
+    params = method_config(config.method, config.params, n=config.samples_per_instruction,
+                           system_prompt=config.system_prompt)
     m = config.method
     if m in ("self_instruct", "alpaca"):
         from generators.self_instruct import DEFAULT_SEED_PATH, load_seed_tasks
@@ -228,10 +228,8 @@ def build_runner(store: Store, config: GenerateConfig, *, run_name: str, run_id:
         raise InputError(f"nothing for method {m} to answer: every instruction already has a sample from "
                          f"{teacher_model} (give generate.instructions_file or instructions_sql)")
     if m == "responses":
-        return ResponsesRunner(instructions, n=config.samples_per_instruction, system_prompt=config.system_prompt,
-                               batch_size=config.batch_size, run_id=run_id)
-    return RationalesRunner(instructions, params, n=config.samples_per_instruction, batch_size=config.batch_size,
-                            run_id=run_id)
+        return ResponsesRunner(instructions, params, batch_size=config.batch_size, run_id=run_id)
+    return RationalesRunner(instructions, params, batch_size=config.batch_size, run_id=run_id)
 
 
 @flow(name="generate", flow_run_name="generate-{run_name}", log_prints=True)
@@ -252,7 +250,7 @@ async def generate_flow(
         seeds: seed tasks JSONL for Self-Instruct/Evol-Instruct (default: the shipped ones).
     """
     logger = get_run_logger()
-    store = LockedStore(db)
+    store = Store(db)
     await asyncio.to_thread(store.init)
     config = {"run_name": run_name, "teacher": teacher.model_dump(mode="json"),
               "generate": generate.model_dump(mode="json"), "seeds": seeds}

@@ -27,9 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from generators.common import make_request, params_of
 from generators.teachers.base import Teacher
-from generators.templates import load_template
 from storage.errors import InputError
 from storage.records import Instruction, Record, Sample, content_key
 
@@ -69,8 +67,12 @@ def _rng(run_name: str, method: str) -> random.Random:
     return random.Random(int(content_key("rng", run_name, method)[:16], 16))
 
 
-def method_config(method: str, params: dict[str, Any]) -> BaseModel | None:
-    """The method's own config model built from ``params`` (InputError naming bad keys)."""
+def method_config(method: str, params: dict[str, Any], *, n: int = 1,
+                  system_prompt: str | None = None) -> BaseModel:
+    """The method's own config model built from ``params`` (InputError naming bad keys).
+
+    ``n`` (generate.samples_per_instruction) and ``system_prompt`` are defaults that
+    ``params`` may override, for the methods that take them."""
     try:
         if method in ("self_instruct", "alpaca"):
             from generators.self_instruct import SelfInstructConfig
@@ -81,16 +83,16 @@ def method_config(method: str, params: dict[str, Any]) -> BaseModel | None:
 
             return EvolInstructConfig(**params)
         if method == "rationales":
-            try:
-                from generators.rationales import RationalesConfig
-            except ImportError:
-                return None
-            return RationalesConfig(**params)
+            from generators.rationales import RationalesConfig
+
+            return RationalesConfig(**{"num_samples": n, "system_prompt": system_prompt, **params})
         if method == "responses":
-            if params:
-                raise InputError(f"method responses takes no params (use generate.system_prompt, "
-                                 f"samples_per_instruction); got {sorted(params)}")
-            return None
+            from generators.responses import ResponsesConfig
+
+            base: dict[str, Any] = {"n": n, "system_prompt": system_prompt}
+            if n > 1 and "temperature" not in params:
+                base["temperature"] = 0.7  # n different answers need sampling
+            return ResponsesConfig(**{**base, **params})
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
         raise InputError(f"generate.params for {method}: {problems}") from None
@@ -127,59 +129,37 @@ def read_instructions_file(path: str | Path, *, run_id: str | None = None) -> li
 
 
 class ResponsesRunner:
-    """The teacher answers instructions, ``n`` samples each (SeqKD-style data)."""
+    """The teacher answers instructions, ``config.n`` samples each (generators/responses.py)."""
 
     parallel = True
     method = "responses"
 
-    def __init__(self, instructions: Sequence[Instruction], *, n: int = 1, system_prompt: str | None = None,
-                 batch_size: int = 32, run_id: str | None = None) -> None:
-        self.work = [(ins, k) for ins in instructions for k in range(n)]
+    def __init__(self, instructions: Sequence[Instruction], config: Any, *, batch_size: int = 32,
+                 run_id: str | None = None) -> None:
+        self.instructions = list(instructions)
+        self.config = config
         self.pos = 0
-        self.system_prompt = system_prompt
         self.batch_size = batch_size
         self.run_id = run_id
         self.batches = 0
-        self.template = load_template("responses")
-
-    @property
-    def remaining(self) -> int:
-        return len(self.work) - self.pos
 
     def next_batch(self, max_requests: int) -> Batch | None:
-        size = min(self.batch_size, max_requests, self.remaining)
+        n = self.config.n
+        size = min(max(1, self.batch_size // n), max_requests // n, len(self.instructions) - self.pos)
         if size <= 0:
             return None
-        items = self.work[self.pos: self.pos + size]
+        items = self.instructions[self.pos: self.pos + size]
         self.pos += size
         self.batches += 1
-        return Batch(self.batches, items, requests=size, max_samples=size)
-
-    def requeue(self, items: list[Any]) -> None:
-        """Nothing to do: a failed request is retried by the next run (ledger 'failed')."""
+        return Batch(self.batches, items, requests=size * n, max_samples=size * n)
 
     async def run(self, teacher: Teacher, batch: Batch) -> BatchResult:
-        requests = [
-            make_request("chat", self.template.render(instruction=ins.text,
-                                                      input_block=f"\n\n{ins.input}" if ins.input else ""),
-                         system=self.system_prompt, sample_index=k, tag="responses")
-            for ins, k in batch.items
-        ]
-        done = await teacher.agenerate(requests)
-        out = BatchResult(counts={"requests": len(requests)})
-        for (ins, _), request, c in zip(batch.items, requests, done):
-            if not c.ok or not (c.text or "").strip():
-                out.counts["failed"] = out.counts.get("failed", 0) + 1
-                continue
-            if c.truncated:
-                out.counts["truncated"] = out.counts.get("truncated", 0) + 1
-            sample = Sample(instruction_id=ins.id, response=c.text.strip(), method="responses",
-                            system_prompt=self.system_prompt, teacher_model=teacher.model, request_key=c.key,
-                            finish_reason=c.finish_reason, template_version=self.template.ref,
-                            sampling_params=params_of(teacher, request), run_id=self.run_id)
-            out.samples.append(sample)
-            out.instructions[ins.id] = ins
-        out.records = list(out.samples)
+        from generators.responses import agenerate_responses
+
+        step = await agenerate_responses(teacher, batch.items, self.config, run_id=self.run_id)
+        out = BatchResult(counts=dict(step.counts), samples=list(step.samples))
+        out.instructions = {i.id: i for i in batch.items}
+        out.records = list(step.records)
         return out
 
     def absorb(self, result: BatchResult) -> None:
@@ -289,39 +269,41 @@ class EvolRunner:
 
 
 class RationalesRunner:
-    """Chain-of-thought rationales for questions (generators/rationales.py)."""
+    """Chain-of-thought rationales for questions, D samples each (generators/rationales.py)."""
 
     parallel = True
     method = "rationales"
 
-    def __init__(self, questions: Sequence[Instruction], config: Any, *, n: int, batch_size: int,
+    def __init__(self, questions: Sequence[Instruction], config: Any, *, batch_size: int,
                  run_id: str | None = None) -> None:
-        try:
-            from generators import rationales  # noqa: F401
-        except ImportError:
-            raise InputError("the rationales method is not available in this build (generators/rationales.py)") from None
+        from generators.rationales import load_cot_examples
+
         self.config = config
+        self.examples = load_cot_examples()
         self.questions = list(questions)
-        self.n = n
         self.pos = 0
         self.batch_size = batch_size
         self.run_id = run_id
         self.batches = 0
 
     def next_batch(self, max_requests: int) -> Batch | None:
-        size = min(max(1, self.batch_size // self.n), max(0, max_requests // self.n),
-                   len(self.questions) - self.pos)
+        d = self.config.num_samples
+        size = min(max(1, self.batch_size // d), max_requests // d, len(self.questions) - self.pos)
         if size <= 0:
             return None
         items = self.questions[self.pos: self.pos + size]
         self.pos += size
         self.batches += 1
-        return Batch(self.batches, items, requests=size * self.n, max_samples=size * self.n)
+        return Batch(self.batches, items, requests=size * d, max_samples=size * d)
 
     async def run(self, teacher: Teacher, batch: Batch) -> BatchResult:
-        from flows._rationales import run_rationales_batch
+        from generators.rationales import agenerate_rationales
 
-        return await run_rationales_batch(teacher, batch.items, self.config, n=self.n, run_id=self.run_id)
+        step = await agenerate_rationales(teacher, batch.items, self.examples, self.config, run_id=self.run_id)
+        out = BatchResult(counts=dict(step.counts), samples=list(step.samples))
+        out.instructions = {i.id: i for i in batch.items}
+        out.records = list(step.records)
+        return out
 
     def absorb(self, result: BatchResult) -> None:
         return None

@@ -18,11 +18,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from flows._store import LockedStore
 from flows.config import PipelineConfig
 from flows.curate import curate_flow
 from flows.generate import generate_flow, ingest_shipped_seeds
 from flows.runs import finish_run, start_run
+from storage.store import Store
 from flows.train import train_flow
 
 
@@ -30,7 +30,7 @@ from flows.train import train_flow
 def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     """Run every step the config does not skip; returns each step's summary."""
     logger = get_run_logger()
-    store = LockedStore(config.db)
+    store = Store(config.db)
     store.init()
     run = start_run(store, "pipeline", config.run_name, config.safe_dump())
     out: dict[str, Any] = {"run_name": config.run_name, "db": str(store.path)}

@@ -19,11 +19,11 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows import artifacts
-from flows._store import LockedStore
 from flows.config import EvaluateConfig
 from flows.progress import report
 from flows.runs import finish_run, start_run
 from storage.datasets import get_dataset
+from storage.store import Store
 from training.config import TrainConfig
 
 EVALUATIONS_SQL = """
@@ -33,7 +33,7 @@ TRAINING_RUN_SQL = "SELECT id, method, final_loss, checkpoint_path, status FROM 
 
 
 @task(name="train-student", cache_policy=NO_CACHE)
-def train_student(config: TrainConfig, store: LockedStore, dataset: str, version: int, run_name: str) -> dict:
+def train_student(config: TrainConfig, store: Store, dataset: str, version: int, run_name: str) -> dict:
     """training.train.train with a Prefect progress artifact (and the terminal's bar)."""
     from training.train import train
 
@@ -53,7 +53,7 @@ def train_student(config: TrainConfig, store: LockedStore, dataset: str, version
 
 
 @task(name="evaluate-students", cache_policy=NO_CACHE)
-def evaluate_students(models: dict[str, str], store: LockedStore, dataset: str, version: int, config: TrainConfig,
+def evaluate_students(models: dict[str, str], store: Store, dataset: str, version: int, config: TrainConfig,
                       teacher_path: str | None, run_id: str, run_ids: dict[str, str]) -> list[dict]:
     """Every model answers the version's held-out prompts; numbers land in ``evaluations``."""
     from training.evaluate import evaluate_dataset
@@ -99,7 +99,7 @@ def train_flow(
         db: DuckDB file (default $DISTILL_DB, else ./distillery.duckdb).
     """
     logger = get_run_logger()
-    store = LockedStore(db)
+    store = Store(db)
     store.init()
     info = get_dataset(store, dataset, dataset_version)
     name = run_name or f"{info.name}-v{info.version}-{train.method}"

@@ -96,3 +96,10 @@ def test_the_model_is_a_prefect_form():
     defs = schema.definitions
     assert "GenerateConfig" in defs
     assert defs["GenerateConfig"]["properties"]["target"]["description"].startswith("Number of KEPT")
+
+
+def test_method_params_are_checked_by_the_method(tmp_path):
+    with pytest.raises(InputError, match="generate.params for self_instruct: rouge_treshold"):
+        load_config(_write(tmp_path, "generate: {method: self_instruct, params: {rouge_treshold: 0.5}}"))
+    with pytest.raises(InputError, match="n > 1 samples need temperature > 0"):
+        load_config(_write(tmp_path, "generate: {samples_per_instruction: 2, params: {temperature: 0}}"))
