@@ -177,3 +177,67 @@ def test_artifacts_are_published(tmp_path):
     assert {"count": "kept", "value": 5} in rows and {"count": "dropped by quality:refusal", "value": 1} in rows
     assert report is not None and report.type == "markdown"
     assert "data:image/png;base64," in report.data and "```sql" in report.data
+
+
+def _patched_teacher(monkeypatch, script, model="scripted-m"):
+    from flows import generate as g
+    from generators.teachers.scripted import ScriptedTeacher
+
+    monkeypatch.setattr(g, "build_teacher", lambda config, store=None, run_id=None: ScriptedTeacher(script,
+                                                                                                    model=model))
+
+
+def test_rationales_keep_only_answers_matching_the_gold_label(tmp_path, monkeypatch):
+    from generators.teachers.scripted import prompt_text
+
+    def script(request):  # right for the apples question, wrong for the eggs one
+        q = prompt_text(request).rsplit("Q:", 1)[-1]
+        if "apples" in q:
+            return "She had 5 and picked 7 more, 5 plus 7 is 12. So the answer is 12."
+        return "Each box holds 6, so 4 boxes hold 20. So the answer is 20."
+
+    _patched_teacher(monkeypatch, script)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "Ava has 5 apples and picks 7 more. How many?", "answer": "12"})
+                         + "\n" + json.dumps({"question": "How many eggs are in 4 boxes of 6?", "answer": "24"}) + "\n")
+    db = str(tmp_path / "r.duckdb")
+    cfg = GenerateConfig(method="rationales", target=10, batch_size=4, samples_per_instruction=2,
+                         instructions_file=str(questions))
+    out = _run(run_name="cot", teacher=TeacherConfig(backend="scripted"), generate=cfg, db=db)
+    assert out["status"] == "exhausted"  # two questions cannot give ten kept samples
+    rows = Store(db).query("SELECT rationale, response, label FROM samples WHERE method = 'rationales'")
+    assert rows and all(r["label"] == "12" for r in rows)
+    assert all("5 plus 7" in r["rationale"] for r in rows)
+
+
+def test_evol_instruct_rounds_through_the_flow(tmp_path, monkeypatch):
+    from generators.teachers.scripted import prompt_text
+
+    counter = iter(range(100_000))
+
+    def script(request):
+        text = prompt_text(request)
+        if text.startswith("Compare the two instructions"):
+            return "Not Equal"
+        words = " ".join(f"thing{next(counter)}" for _ in range(10))  # distinct: no filter merges them
+        if "make a prompt harder" in text or "prompt" in text.lower()[:200]:
+            return f"Explain {words} in detail."
+        return f"An answer about {words}."
+
+    _patched_teacher(monkeypatch, script)
+    instructions = _instructions(tmp_path, 4)
+    db = str(tmp_path / "e.duckdb")
+    cfg = GenerateConfig(method="evol_instruct", target=8, batch_size=4, params={"rounds": 3},
+                         instructions_file=str(instructions), max_attempts=200)
+    out = _run(run_name="evol", teacher=TeacherConfig(backend="scripted"), generate=cfg, db=db)
+    assert out["status"] == "completed" and out["kept"] >= 8, out
+    store = Store(db)
+    rounds = store.query("SELECT round, count(*) AS n FROM instructions WHERE method = 'evol_instruct' "
+                         "GROUP BY 1 ORDER BY 1")
+    assert [r["round"] for r in rounds] == [1, 2]  # round 2 evolves round 1's survivors
+    chain = store.query("""
+        WITH RECURSIVE chain AS (
+            SELECT id, parent_id, round FROM instructions WHERE round = 2 AND method = 'evol_instruct'
+            UNION ALL SELECT i.id, i.parent_id, i.round FROM instructions i JOIN chain c ON i.id = c.parent_id)
+        SELECT min(round) AS first FROM chain""")
+    assert chain[0]["first"] == 0  # every chain goes back to a seed instruction
