@@ -96,7 +96,7 @@ def test_run_and_evaluations_are_recorded(models, store, tmp_path):
     assert [r.label for r in results_from_store(store, dataset_name="toy")] == ["student (before)", "kd"]
 
     text = _render(comparison_table(results))
-    assert "student (before)" in text and "ROUGE-L vs teacher" in text and "KL(teacher||student)" in text
+    assert "student (before)" in text and "ROUGE-L vs teacher" in text and "KL(teacher‖student)" in text
     assert comparison_markdown(results).count("\n") == 3
 
 

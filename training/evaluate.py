@@ -43,7 +43,7 @@ METRIC_TITLES = {
     "rougeL_teacher": "ROUGE-L vs teacher",
     "rougeL_reference": "ROUGE-L vs reference",
     "exact_match": "exact match",
-    "kl_teacher_student": "KL(teacher||student)",
+    "kl_teacher_student": "KL(teacher‖student)",  # no "|": it would split a markdown cell
 }
 
 
