@@ -1,5 +1,11 @@
 """Shared pytest fixtures. Each concern adds its own, with a line saying what it is for."""
 
+import os
+
+# No model hub is reachable here: fail fast instead of waiting on network timeouts.
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+
 # Teachers: a fake OpenAI-compatible server with injectable faults (``fake_openai``).
 from fake_openai_server import _fake_openai_session, fake_openai  # noqa: F401
 
