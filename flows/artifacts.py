@@ -73,17 +73,34 @@ class Progress:
         self.id: UUID | None = _safely("progress", create_progress_artifact, 0.0, key=self.key,
                                        description=description)
 
-    def update(self, done: float, total: float, description: str | None = None) -> None:
-        """Set progress to done/total (clamped to 0-100 %)."""
+    def _due(self, done: float, total: float) -> float | None:
+        """The new percentage if an update is due now (throttled), else None."""
         pct = 100.0 if total <= 0 else max(0.0, min(100.0, 100.0 * done / total))
         now = time.monotonic()
         final = pct >= 100.0 and self.value < 100.0
-        if not final and (pct - self.value < self.min_step or now - self._sent_at < self.min_interval_s):
-            return
+        if self.id is None or (not final and (pct - self.value < self.min_step
+                                              or now - self._sent_at < self.min_interval_s)):
+            return None
         self.value, self._sent_at = pct, now
-        if self.id is not None:
+        return pct
+
+    def update(self, done: float, total: float, description: str | None = None) -> None:
+        """Set progress to done/total (clamped to 0-100 %)."""
+        pct = self._due(done, total)
+        if pct is not None:
             _safely("progress", update_progress_artifact, self.id, pct,
                     description=description or self.description)
+
+    async def aupdate(self, done: float, total: float, description: str | None = None) -> None:
+        """``update`` from async code (the event loop's own client; nothing blocks)."""
+        pct = self._due(done, total)
+        if pct is None:
+            return
+        try:
+            await update_progress_artifact(self.id, pct, description=description or self.description,
+                                           _sync=False)
+        except Exception as exc:
+            log.warning("could not publish progress artifact: %s", exc)
 
     def finish(self, description: str | None = None) -> None:
         self.update(1, 1, description)

@@ -104,8 +104,10 @@ class GenerateConfig(_Section):
         "rounds, separator). Unknown keys are rejected when the method defines its config.",
     )
     filters: FiltersConfig = Field(
-        default_factory=FiltersConfig,
-        description="Filters applied inline to each batch, so target counts kept samples.",
+        default_factory=lambda: FiltersConfig(minhash=None),
+        description="Filters applied inline to each batch, so target counts kept samples. Default: "
+        "exact + quality (cheap, per sample); MinHash near-duplicates against the whole store run "
+        "in curate (set filters.minhash here to drop them while generating).",
     )
 
     @model_validator(mode="after")

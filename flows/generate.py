@@ -50,7 +50,7 @@ from flows.runs import finish_run, start_run
 from generators.teachers.base import ChatRequest, Completion, Teacher
 from generators.teachers.config import build_teacher
 from generators.teachers.ledger import LedgeredTeacher
-from storage.errors import InputError
+from storage.errors import DatabaseError, InputError
 from storage.records import Instruction
 from storage.store import Store
 
@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 SPENT_SQL = """
 SELECT count(*) AS requests, coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0) AS tokens
 FROM requests WHERE run_id = ?"""
-EXISTING_SAMPLES_SQL = "SELECT id, run_id FROM samples WHERE id IN (SELECT unnest(?::VARCHAR[]))"
+OTHER_RUNS_SAMPLES_SQL = """
+SELECT id FROM samples WHERE id IN (SELECT unnest(?::VARCHAR[])) AND coalesce(run_id, '') <> ?"""
 KEPT_SQL = """
 SELECT count(*) AS n FROM samples s
 WHERE s.run_id = '{run_id}'
@@ -144,26 +145,28 @@ async def generate_batch(method: str, index: int, batch: Batch, ctx: _Context) -
     counts = Counter(result.counts)
     counts["samples"] += len(result.samples)
 
-    # Samples another run already stored are exact duplicates of it: not ours to count.
+    # A sample another run already stored is that run's (an exact duplicate of it): it is
+    # neither judged again here (its decisions are that run's) nor counted as kept.
     ids = [s.id for s in result.samples]
-    existing = await asyncio.to_thread(ctx.store.query, EXISTING_SAMPLES_SQL, [ids]) if ids else []
-    others = {r["id"] for r in existing if r["run_id"] != ctx.run_id}
+    others = ({r["id"] for r in await asyncio.to_thread(ctx.store.query, OTHER_RUNS_SAMPLES_SQL, [ids, ctx.run_id])}
+              if ids else set())
     counts["duplicate_of_other_runs"] += len(others)
-    items = []
-    for s in result.samples:
-        if s.id in others:
-            continue
-        ins = result.instructions.get(s.instruction_id)
-        items.append(SampleItem(s.id, s.instruction_id, ins.text if ins else "", ins.input if ins else "",
-                                s.response, (s.metadata or {}).get("judge_score")))
+    items = [SampleItem(s.id, s.instruction_id, *_instruction_text(result, s), s.response,
+                        (s.metadata or {}).get("judge_score")) for s in result.samples if s.id not in others]
     outcome = ctx.filters.apply(items)  # synchronous: no other batch interleaves with the pools
-    for key, n in outcome.dropped.items():
-        counts[f"dropped_{key}"] += n
     async with ctx.write_lock:
         await asyncio.to_thread(ctx.store.ingest, [*result.records, *outcome.records])
+    kept = outcome.kept
+    for key, n in outcome.dropped.items():
+        counts[f"dropped_{key}"] += n
     ctx.runner.absorb(result)
     requested = counts.get("requests", batch.requests)
-    return _Outcome(index, counts, len(outcome.kept), failed_all=requested > 0 and counts.get("failed", 0) >= requested)
+    return _Outcome(index, counts, len(kept), failed_all=requested > 0 and counts.get("failed", 0) >= requested)
+
+
+def _instruction_text(result: BatchResult, sample) -> tuple[str, str]:
+    ins = result.instructions.get(sample.instruction_id)
+    return (ins.text, ins.input) if ins else ("", "")
 
 
 def _teacher_name(config: TeacherConfig) -> str:
@@ -259,7 +262,9 @@ async def generate_flow(
 
     inner = build_teacher(teacher)
     counting = CountingTeacher(inner)
-    ledgered = LedgeredTeacher(counting, store, run_id=run.id)
+    # merge=False: each batch's ingest merges the ledger's journal in the same commit,
+    # instead of one extra database write per batch.
+    ledgered = LedgeredTeacher(counting, store, run_id=run.id, merge=False)
     try:
         runner = await asyncio.to_thread(build_runner, store, generate, run_name=run_name, run_id=run.id,
                                          teacher_model=ledgered.model, seeds=seeds)
@@ -273,6 +278,10 @@ async def generate_flow(
         raise
     finally:
         await ledgered.aclose()
+        try:  # ledger rows of the last requests, if no ingest came after them
+            await asyncio.to_thread(store.merge_journal)
+        except DatabaseError as err:  # busy: they stay in the journal for the next commit
+            logger.warning("ledger rows stay in the journal for now: %s", err)
 
     summary.update(run_id=run.id, run_name=run_name, method=generate.method, teacher=teacher_model)
     await asyncio.to_thread(finish_run, store, run, summary["status"], summary)
@@ -343,10 +352,10 @@ async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], lo
                         outcome.kept, kept, target, requests_used())
         if failed_streak >= CONSECUTIVE_FAILED_BATCHES and stop is None:
             stop = "teacher_failing"
-        await asyncio.to_thread(progress.update, kept, target)
+        await progress.aupdate(kept, target)
         report("generate", min(kept, target), target, kept=kept, requests=requests_used())
 
-    await asyncio.to_thread(progress.finish)
+    await progress.aupdate(1, 1)
     elapsed = time.monotonic() - started
     counting = ctx.teacher.inner  # type: ignore[attr-defined]
     summary: dict[str, Any] = {
