@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
+# CPU torch: OpenMP threads that spin while waiting starve everything else on a busy
+# 2-core box (a SmolLM2 batch went from 170 s to 7 s with PASSIVE).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install demo test test-fast bench vllm-venv teacher clean
 
