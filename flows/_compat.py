@@ -6,9 +6,10 @@ is the one place flows import them from.
 
 from __future__ import annotations
 
+from generators.judge import JudgeConfig
 from generators.teachers.config import TeacherConfig
 from training.config import TrainConfig
 
 from filters.config import FilterConfig as FiltersConfig
 
-__all__ = ["TeacherConfig", "FiltersConfig", "TrainConfig"]
+__all__ = ["TeacherConfig", "FiltersConfig", "JudgeConfig", "TrainConfig"]

@@ -4,6 +4,7 @@
     distill run --config configs/openai-self-instruct.yaml --set generate.target=500
     distill generate --method responses --target 200 --instructions-file prompts.jsonl
     distill curate --dataset demo
+    distill curate --judge-threshold 8            # LLM judge on (curate.judge), keep score >= 8
     distill train --dataset demo@2 --method sft --max-steps 50
 
 Each command loads one pipeline config (``--config``, else configs/demo.yaml when it
@@ -98,7 +99,8 @@ class _Bars:
         self.tasks: dict[str, Any] = {}
 
     def __call__(self, stage: str, done: float, total: float, info: dict[str, Any]) -> None:
-        label = {"generate": "generate (kept)", "curate": "curate (judged)", "train": "train (steps)"}.get(stage, stage)
+        label = {"generate": "generate (kept)", "curate": "curate (judged)", "judge": "curate (LLM judge)",
+                 "train": "train (steps)"}.get(stage, stage)
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(label, total=total or None, info="")
         text = ""
@@ -140,7 +142,7 @@ GENERATE_KEYS = ["status", "target", "kept", "requested", "sent", "cached", "fai
                  "duplicates_of_other_runs", "dropped", "requests_used", "request_budget", "tokens_used",
                  "elapsed_s", "message"]
 CURATE_KEYS = ["dataset", "version", "rows", "train", "eval", "new_rows", "candidates", "judged", "kept", "dropped",
-               "exports", "event", "message"]
+               "judge", "exports", "event", "message"]
 TRAIN_KEYS = ["dataset", "version", "method", "final_loss", "checkpoint", "training_run_id", "message"]
 
 
@@ -218,18 +220,22 @@ def curate(
     dataset: Optional[str] = typer.Option(None, help="Dataset name (a new version is frozen)."),
     run_name: Optional[str] = typer.Option(None, help="Name of this curation run."),
     generate_run: Optional[str] = typer.Option(None, help="Only samples of this generate run."),
+    judge_threshold: Optional[float] = typer.Option(
+        None, help="LLM judge: keep samples scoring at least this (1-10); turns curate.judge on."),
     set_: list[str] = typer.Option([], "--set", help="Override a config value (repeatable)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
-    """Filter samples not yet judged, freeze a new dataset version, export it."""
+    """Filter samples not yet judged (and LLM-judge them when curate.judge is set), freeze a
+    new dataset version, export it."""
     _quiet_prefect(verbose)
-    overrides = {"run_name": run_name, "curate.dataset": dataset, **_parse_sets(set_)}
+    overrides = {"run_name": run_name, "curate.dataset": dataset, "curate.judge.min_score": judge_threshold,
+                 **_parse_sets(set_)}
     _db_default(overrides)
     cfg = _load(config, overrides)
     from flows.curate import curate_flow
 
     out = _run_with_bars(curate_flow, run_name=cfg.run_name, curate=cfg.curate, db=cfg.db,
-                         generate_run=generate_run)
+                         generate_run=generate_run, teacher=cfg.teacher)
     console.print(_summary_table(f"curate {cfg.run_name}", out, CURATE_KEYS))
 
 

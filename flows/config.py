@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from flows._compat import FiltersConfig, TeacherConfig, TrainConfig
+from flows._compat import FiltersConfig, JudgeConfig, TeacherConfig, TrainConfig
 from storage.errors import InputError
 
 Method = Literal["self_instruct", "alpaca", "evol_instruct", "responses", "rationales"]
@@ -127,6 +127,54 @@ class GenerateConfig(_Section):
         return self.max_attempts or 4 * self.target * self.samples_per_instruction
 
 
+class CurateJudgeConfig(_Section):
+    """The LLM judge in curate: the teacher scores each sample 1-10 (``generators.judge``).
+
+    Samples scoring below ``min_score`` get a ``filter_decisions`` row with filter 'judge',
+    kept false, reason 'low_score'; a verdict that never parses after the judge's retries
+    gets kept false, reason 'judge_failed'. Either way the dataset leaves them out.
+    """
+
+    enabled: bool = Field(True, description="Run the judge (false keeps the section but skips the step).")
+    min_score: float = Field(
+        7.0,
+        description="Keep a sample whose judge score is at least this (on the judge's scale, "
+        "params.min_score..params.max_score, default 1-10); below it: reason 'low_score'.",
+    )
+    max_samples: int | None = Field(
+        None, ge=1,
+        description="Most samples judged in one curate run (oldest first); None = all not judged yet. "
+        "The rest wait for a later run and, with require_verdict, stay out of this version.",
+    )
+    batch_size: int = Field(
+        32, ge=1, le=1024,
+        description="Samples per judge task (one Prefect task, one judge_single call); each finished "
+        "batch's decisions are stored at once.",
+    )
+    require_verdict: bool = Field(
+        True,
+        description="The default dataset selection only takes samples the judge kept; samples not "
+        "judged yet (beyond max_samples) stay out until judged. False: unjudged samples go in.",
+    )
+    params: JudgeConfig = Field(
+        default_factory=JudgeConfig,
+        description="The judge's own knobs (request_format, system_prompt, temperature, "
+        "retry_temperature, max_tokens, max_retries, and the score scale min_score/max_score).",
+    )
+    teacher: TeacherConfig | None = Field(
+        None,
+        description="A separate judge model. Default: the pipeline's teacher (the top-level teacher "
+        "section; the embedded default teacher when curate runs without one).",
+    )
+
+    @model_validator(mode="after")
+    def _threshold_on_scale(self) -> "CurateJudgeConfig":
+        lo, hi = self.params.min_score, self.params.max_score
+        if not lo <= self.min_score <= hi:
+            raise ValueError(f"judge.min_score {self.min_score} is outside the judge's score scale {lo}..{hi}")
+        return self
+
+
 class CurateConfig(_Section):
     """Which filters to run over stored samples, and the dataset version to freeze."""
 
@@ -152,6 +200,11 @@ class CurateConfig(_Section):
         "jsonl-prompt ({prompt, completion}), hf (datasets.save_to_disk).",
     )
     export_dir: str = Field("exports", description="Folder exports go to (<dir>/<name>/v<version>/<format>).")
+    judge: CurateJudgeConfig | None = Field(
+        None,
+        description="LLM judge over the samples the filters kept and no judge scored yet; its "
+        "decisions (filter 'judge') drop low-scored samples from the dataset. None: no judge.",
+    )
     emit_event: bool = Field(True, description="Emit distill.dataset.ready when a version is frozen.")
     min_new_rows_for_event: int = Field(
         1, ge=0,

@@ -1,14 +1,30 @@
 """The curate flow: filter samples not yet judged, freeze a dataset version, export it.
 
     distill curate --dataset demo --config configs/demo.yaml
+    distill curate --config configs/curate-and-train.yaml --judge-threshold 8
 
 1. Every stored sample that a configured filter has not judged yet (and no filter has
    dropped) goes through the filters (exact, quality, MinHash against every stored
    signature, ROUGE-L novelty of its instruction), in chunks, each chunk's
    ``FilterDecision`` rows stored as it finishes.
-2. The samples no filter dropped are frozen into a new immutable version of the dataset
+2. With ``curate.judge`` set, the LLM judge (``generators.judge.judge_single``) scores
+   every selected sample that the filters kept and that has no 'judge' decision yet, in
+   batches of ``judge.batch_size`` (a Prefect task each, decisions stored as each batch
+   finishes). It asks ``judge.teacher`` or else the pipeline's teacher, through the request
+   ledger (a re-run pays for no verdict twice; a judged sample is never judged again).
+   Each verdict becomes ``FilterDecision(filter='judge', score=..., kept=score >= judge.min_score)``
+   with reason 'low_score' when dropped. A verdict that still does not parse (or whose
+   requests failed) after the judge's ``max_retries`` is recorded kept=false, score NULL,
+   reason 'judge_failed': the sample is left out of the dataset, counted as
+   ``judge.judge_failed`` in the summary, and not judged again by later runs (the ledger
+   would replay the same answers). To retry those, delete their rows
+   (``DELETE FROM filter_decisions WHERE filter = 'judge' AND reason = 'judge_failed'``)
+   and raise ``judge.params.max_retries`` (new retries are new requests). The judge runs
+   after the filters, so a quality filter's ``min_judge_score`` only sees scores stored by
+   earlier runs; ``judge.min_score`` is the threshold of this step.
+3. The samples no filter dropped are frozen into a new immutable version of the dataset
    (``storage.datasets.create_dataset`` with the SQL that selected them, stored with it).
-3. The version is exported (JSONL, Parquet, HF datasets) and, when it holds enough rows
+4. The version is exported (JSONL, Parquet, HF datasets) and, when it holds enough rows
    the previous version did not, the ``distill.dataset.ready`` event is emitted with the
    version in its payload: the retraining deployment (prefect.yaml) listens for it.
 """
@@ -24,16 +40,20 @@ from prefect.events import emit_event
 from prefect.utilities.annotations import quote
 
 from flows import artifacts
-from flows.config import CurateConfig
+from flows._compat import TeacherConfig
+from flows.config import CurateConfig, CurateJudgeConfig, _without_secrets
 from flows.filtering import SampleFilters, SampleItem
 from flows.progress import report
 from flows.runs import finish_run, run_id_for, start_run
+from generators.common import run_sync
+from generators.judge import SingleItem, ajudge_single
 from storage.datasets import create_dataset, export_dataset
 from storage.errors import InputError
 from storage.store import Store
 
 EVENT = "distill.dataset.ready"
 CHUNK = 2000  # samples per filter task
+JUDGE = "judge"  # filter_decisions.filter of the LLM judge's verdicts
 
 # Samples with the filters that already judged them; the flow runs the missing ones.
 CANDIDATES_SQL = """
@@ -50,9 +70,24 @@ ORDER BY s.created_at, s.sample_id"""
 DATASET_SQL = """SELECT s.instruction, s.input, s.response, s.rationale, s.label, s.system_prompt, s.sample_id
 FROM sample_view s
 WHERE {where}
-  AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.sample_id AND NOT d.kept)
+  AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.sample_id AND NOT d.kept){judged}
 ORDER BY s.sample_id"""
+# With the judge on (and judge.require_verdict): only samples it kept.
+JUDGED_SQL = """
+  AND EXISTS (SELECT 1 FROM filter_decisions j WHERE j.item_id = s.sample_id AND j.filter = 'judge' AND j.kept)"""
 
+# Samples the filters kept that the judge has not scored yet, oldest first.
+JUDGE_CANDIDATES_SQL = """
+SELECT s.sample_id, s.instruction, s.input, s.response
+FROM sample_view s
+WHERE {where}
+  AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.sample_id AND (NOT d.kept OR d.filter = 'judge'))
+ORDER BY s.created_at, s.sample_id"""
+
+SENT_SQL = "SELECT count(*) AS n FROM requests WHERE run_id = '{run_id}'"
+JUDGE_SQL = """
+SELECT reason, kept, count(*) AS n, round(avg(score), 2) AS mean_score FROM filter_decisions
+WHERE run_id = '{run_id}' AND filter = 'judge' GROUP BY ALL ORDER BY kept DESC, reason"""
 NEW_ROWS_SQL = """
 SELECT count(*) AS n FROM dataset_items a
 WHERE a.dataset_name = ? AND a.version = ?
@@ -87,12 +122,82 @@ def filter_chunk(index: int, rows: list[dict[str, Any]], filters: SampleFilters,
     return {"judged": len(items), "kept": len(outcome.kept), "dropped": dict(outcome.dropped)}
 
 
+def judge_question(instruction: str, input: str | None) -> str:
+    """The question the judge sees for a sample: its instruction, then its input if any."""
+    return f"{instruction}\n\n{input}" if (input or "").strip() else instruction
+
+
+@task(name="judge-batch", task_run_name="judge-batch-{index}", cache_policy=NO_CACHE)
+def judge_batch(index: int, rows: list[dict[str, Any]], teacher: Any, config: CurateJudgeConfig, store: Store,
+                run_id: str) -> dict[str, Any]:
+    """Score one batch with the judge; store one 'judge' decision per sample.
+
+    A failed verdict (unparseable or failed requests after the judge's retries) is stored
+    as kept=false, reason 'judge_failed' (``SingleVerdict.to_decision``), never as a score."""
+    items = [SingleItem(id=r["sample_id"], question=judge_question(r["instruction"], r["input"]),
+                        answer=r["response"]) for r in rows]
+
+    async def _judge():
+        try:
+            return await ajudge_single(teacher, items, config.params)
+        finally:
+            await teacher.adetach()  # loop-bound clients: the next batch runs in a new loop
+
+    verdicts = run_sync(_judge())
+    decisions = [v.to_decision(v.id, config.min_score, filter=JUDGE, run_id=run_id) for v in verdicts]
+    store.ingest(decisions)
+    return {"judged": len(decisions), "kept": sum(d.kept for d in decisions),
+           "low_score": sum(d.reason == "low_score" for d in decisions),
+           "judge_failed": sum(d.reason == "judge_failed" for d in decisions),
+           "requests": sum(v.call.attempts for v in verdicts)}
+
+
+def judge_teacher_config(config: CurateJudgeConfig, teacher: TeacherConfig | None) -> TeacherConfig:
+    """The judge's teacher: ``judge.teacher``, else the pipeline's, else the default teacher."""
+    return config.teacher or teacher or TeacherConfig()
+
+
+def _judge(store: Store, run_id: str, run_name: str, where: str, config: CurateJudgeConfig,
+           teacher: TeacherConfig | None, logger) -> dict[str, Any]:
+    rows = store.query(JUDGE_CANDIDATES_SQL.format(where=where))
+    waiting = len(rows)
+    if config.max_samples is not None:
+        rows = rows[: config.max_samples]
+    totals: dict[str, Any] = {"candidates": waiting, "judged": 0, "kept": 0, "low_score": 0, "judge_failed": 0,
+                              "requests": 0, "sent": 0, "not_judged": waiting, "min_score": config.min_score}
+    if not rows:
+        return totals
+    from generators.teachers.config import build_teacher
+
+    tcfg = judge_teacher_config(config, teacher)
+    judge = build_teacher(tcfg, store=store, run_id=run_id)
+    logger.info("judge: %d samples (of %d not judged yet) with %s/%s, keep score >= %s", len(rows), waiting,
+                tcfg.backend, judge.model, config.min_score)
+    progress = artifacts.Progress(artifacts.artifact_key("curate", run_name, "judge-progress"), "Samples judged")
+    try:
+        for i in range(0, len(rows), config.batch_size):
+            out = judge_batch(i // config.batch_size + 1, quote(rows[i: i + config.batch_size]), quote(judge),
+                              config, quote(store), run_id)
+            for k in ("judged", "kept", "low_score", "judge_failed", "requests"):
+                totals[k] += out[k]
+            progress.update(totals["judged"], len(rows))
+            report("judge", totals["judged"], len(rows))
+    finally:
+        judge.close()
+        progress.finish()
+    totals["not_judged"] = waiting - totals["judged"]
+    # Requests this run paid for (the rest of totals["requests"] were answered by the ledger).
+    totals["sent"] = store.query(SENT_SQL.format(run_id=run_id))[0]["n"]
+    return totals
+
+
 @flow(name="curate", flow_run_name="curate-{run_name}", log_prints=True)
 def curate_flow(
     run_name: str = "default",
     curate: CurateConfig = CurateConfig(),
     db: str | None = None,
     generate_run: str | None = None,
+    teacher: TeacherConfig | None = None,
 ) -> dict[str, Any]:
     """Filter what is not judged yet, then freeze and export a new dataset version.
 
@@ -102,13 +207,18 @@ def curate_flow(
         db: DuckDB file (default $DISTILL_DB, else ./distillery.duckdb).
         generate_run: only consider samples of this generate run (by run name); with
             ``curate.only_this_run`` and no generate_run, the generate run named ``run_name``.
+        teacher: the pipeline's teacher, which judges when ``curate.judge`` is on and names
+            no teacher of its own (default: the embedded default teacher).
     """
     logger = get_run_logger()
     store = Store(db)
     store.init()
-    run = start_run(store, "curate", run_name, {"curate": curate.model_dump(mode="json"), "generate_run": generate_run})
+    params = {"curate": curate.model_dump(mode="json"), "generate_run": generate_run}
+    if curate.judge is not None and curate.judge.enabled:
+        params["judge_teacher"] = _without_secrets(judge_teacher_config(curate.judge, teacher).model_dump(mode="json"))
+    run = start_run(store, "curate", run_name, params)
     try:
-        summary = _curate(store, run.id, run_name, curate, generate_run, logger)
+        summary = _curate(store, run.id, run_name, curate, generate_run, logger, teacher)
     except BaseException:
         finish_run(store, run, "failed", {})
         raise
@@ -119,7 +229,7 @@ def curate_flow(
 
 
 def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, generate_run: str | None,
-            logger) -> dict[str, Any]:
+            logger, teacher: TeacherConfig | None = None) -> dict[str, Any]:
     where = selection(generate_run or (run_name if config.only_this_run else None))
     filters = SampleFilters(config.filters, run_id=run_id)
     names = set(filters.names)
@@ -138,7 +248,11 @@ def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, gene
         report("curate", totals["judged"], len(rows))
     progress.finish()
 
-    sql = config.sql or DATASET_SQL.format(where=where)
+    judge_on = config.judge is not None and config.judge.enabled
+    if judge_on:
+        totals["judge"] = _judge(store, run_id, run_name, where, config.judge, teacher, logger)
+    judged_sql = JUDGED_SQL if judge_on and config.judge.require_verdict else ""
+    sql = config.sql or DATASET_SQL.format(where=where, judged=judged_sql)
     count = store.query(f"SELECT count(*) AS n FROM ({sql})")[0]["n"]
     if count < config.min_rows:
         raise InputError(f"curate: only {count} kept rows match the selection, fewer than curate.min_rows="
@@ -165,13 +279,25 @@ def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, gene
                   new_rows=n_new, exports=exports, event=EVENT if emitted else None, sql=sql)
     totals["message"] = (f"froze {info.name}@{info.version}: {info.n_rows} rows ({info.n_train} train, "
                          f"{info.n_eval} eval, {n_new} new); judged {totals['judged']} samples, kept "
-                         f"{totals['kept']}" + (f"; emitted {EVENT}" if emitted else ""))
+                         f"{totals['kept']}" + (_judge_message(totals["judge"]) if judge_on else "")
+                         + (f"; emitted {EVENT}" if emitted else ""))
     return totals
+
+
+def _judge_message(j: dict[str, Any]) -> str:
+    return (f"; the judge scored {j['judged']}: kept {j['kept']}, {j['low_score']} below {j['min_score']:g}, "
+            f"{j['judge_failed']} failed")
 
 
 def _publish(store: Store, run_id: str, run_name: str, s: dict[str, Any]) -> None:
     counts = {"candidates": s["candidates"], "judged": s["judged"], "kept": s["kept"]}
     counts.update({f"dropped by {k}": v for k, v in s["dropped"].items()})
+    if "judge" in s:
+        j = s["judge"]
+        counts.update({"judge: not judged before": j["candidates"], "judge: judged": j["judged"],
+                       "judge: kept": j["kept"], "judge: dropped low_score": j["low_score"],
+                       "judge: dropped judge_failed": j["judge_failed"], "judge: requests": j["requests"],
+                       "judge: requests sent": j.get("sent", 0)})
     counts.update({"dataset rows": s["rows"], "train": s["train"], "eval": s["eval"], "new rows": s["new_rows"]})
     artifacts.publish_counts(artifacts.artifact_key("curate", run_name, "counts"), counts,
                              f"Curation counts for run {run_name}")
@@ -184,11 +310,16 @@ def _publish(store: Store, run_id: str, run_name: str, s: dict[str, Any]) -> Non
              .replace("?", str(s["version"] - 1), 1).strip())
     drops_sql = DECISIONS_SQL.format(run_id=run_id).strip()
     r.heading("Dropped in this run, by filter and reason").table(store.query(drops_sql), sql=drops_sql)
+    if "judge" in s:
+        judge_sql = JUDGE_SQL.format(run_id=run_id).strip()
+        r.heading(f"LLM judge (keep score >= {s['judge']['min_score']:g})").table(store.query(judge_sql), sql=judge_sql)
     stages = [("candidates", s["candidates"])]
     left = s["candidates"]
     for key, n in s["dropped"].items():
         left -= n
         stages.append((f"after {key}", left))
+    if "judge" in s and s["judge"]["judged"]:
+        stages += [("judge: scored", s["judge"]["judged"]), ("judge: kept", s["judge"]["kept"])]
     lengths_sql = LENGTHS_SQL.format(name=s["dataset"], version=s["version"]).strip()
     rows = store.query(lengths_sql)
     r.heading("Plots").image("Filter funnel", artifacts.funnel_chart(stages))

@@ -42,7 +42,8 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
             out["generate"] = asyncio.run(_generate(config)) if _no_loop() else _run_async(_generate(config))
         if not config.skip.curate:
             out["curate"] = curate_flow(run_name=config.run_name, curate=config.curate, db=config.db,
-                                        generate_run=config.run_name if config.curate.only_this_run else None)
+                                        generate_run=config.run_name if config.curate.only_this_run else None,
+                                        teacher=config.teacher)
         if not config.skip.train or not config.skip.evaluate:
             version = out.get("curate", {}).get("version")
             out["train"] = train_flow(dataset=config.curate.dataset, dataset_version=version, train=config.train,
