@@ -239,26 +239,30 @@ def _json_texts(values: list[Any]) -> list[str | None]:
     """``canonical_json`` of each value, computed once per distinct flat dict.
 
     Serializing dominates ingest time otherwise: a batch's samples mostly share one
-    sampling-params dict and an empty metadata dict, so cache by the dict's items.
+    sampling-params dict and an empty metadata dict. Pydantic copies each record's dict
+    but keeps its key and value objects, so a dict is looked up by the identities of its
+    keys and values: two dicts made of the same objects have the same JSON, while equal
+    values of different types (``1``, ``1.0``, ``True``), which an equality key would
+    confuse, never share an entry. The objects stay alive (``values`` holds them) for the
+    whole call, so an identity is never reused within it.
     """
-    cache: dict[tuple[Any, ...], str] = {}
+    cache: dict[tuple[int, ...], str] = {}
     out: list[str | None] = []
+    append = out.append
     for value in values:
         if value is None:
-            out.append(None)
-            continue
-        if type(value) is dict:
-            key = tuple(value.items())
-            try:
-                text = cache.get(key)
-            except TypeError:  # nested lists/dicts inside: not hashable, just serialize
-                out.append(canonical_json(value))
+            append(None)
+        elif type(value) is dict:
+            if not value:
+                append("{}")
                 continue
+            key = (*map(id, value), *map(id, value.values()))
+            text = cache.get(key)
             if text is None:
                 text = cache[key] = canonical_json(value)
-            out.append(text)
+            append(text)
         else:
-            out.append(canonical_json(value))
+            append(canonical_json(value))
     return out
 
 
@@ -343,11 +347,12 @@ def _group_by_table(records: Iterable[Record]) -> list[_Batch]:
         if unique:
             # Content-keyed rows repeated within a batch are the same content: keep the
             # first. (Upserted tables keep every row; their SQL picks the winner.)
-            first: dict[Any, Record] = {}
             key = operator.attrgetter(*cls.__key__)
-            for record in group:
-                first.setdefault(key(record), record)
-            group = list(first.values())
+            if len(set(map(key, group))) < submitted:  # the usual batch has no repeats
+                first: dict[Any, Record] = {}
+                for record in group:
+                    first.setdefault(key(record), record)
+                group = list(first.values())
         batches.append(_Batch(cls.__table__, records_to_arrow(group), submitted, unique))
     return batches
 

@@ -129,6 +129,27 @@ def test_arrow_conversion_matches_record_row():
     assert table.to_pylist() == [s.row() for s in samples]
 
 
+
+def test_arrow_json_keeps_equal_values_of_different_types_apart():
+    # 1, 1.0 and True are equal (and hash alike) in Python but not in JSON: records that
+    # share a batch must each keep their own text.
+    _, samples = _seed_records(5)
+    params = [{"temperature": 1}, {"temperature": 1.0}, {"temperature": True}, {}, {"temperature": 1}]
+    samples = [s.model_copy(update={"sampling_params": p}) for s, p in zip(samples, params)]
+    table = records_to_arrow(samples)
+    assert table.column("sampling_params").to_pylist() == [
+        '{"temperature":1}', '{"temperature":1.0}', '{"temperature":true}', "{}", '{"temperature":1}'
+    ]
+    assert table.to_pylist() == [s.row() for s in samples]
+
+
+def test_in_batch_repeats_keep_the_first(store):
+    instructions, samples = _seed_records(3)
+    later = samples[0].model_copy(update={"label": "later copy"})
+    result = store.ingest([*instructions, samples[0], samples[1], later, samples[2]])
+    assert result.new["samples"] == 3 and result.duplicate["samples"] == 1
+    assert store.query("SELECT count(*) AS n FROM samples WHERE label IS NOT NULL") == [{"n": 0}]
+
 def test_request_ledger_upsert(store):
     def req(key, status, **kw):
         return RequestRecord(key=key, model="m", backend="scripted", status=status, **kw)
