@@ -7,6 +7,8 @@
   filled in), stored on every record.
 - ``instruction_prompt``: an instruction and its optional input as one prompt text.
 - ``Counts``: a Counter with ``inc`` used for the per-step counts a flow reports.
+- ``MethodResult``: the records one step of a method produced, and its counts; each
+  method's result class subclasses it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import asyncio
 import threading
 from collections import Counter
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from generators.teachers.base import ChatRequest, Teacher
+from storage.records import FilterDecision, Instruction, Sample
 
 T = TypeVar("T")
 
@@ -81,3 +85,32 @@ class Counts(Counter):
 
     def as_dict(self) -> dict[str, int]:
         return {k: int(v) for k, v in sorted(self.items())}
+
+
+@dataclass
+class MethodResult:
+    """What one step of a method produced. ``records`` is what the flow stores.
+
+    ``rejected`` holds dropped instructions (``metadata`` names the filter and reason), not
+    part of ``records``: their decisions explain them.
+    """
+
+    instructions: list[Instruction] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)
+    decisions: list[FilterDecision] = field(default_factory=list)
+    rejected: list[Instruction] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[Instruction | Sample | FilterDecision]:
+        return [*self.instructions, *self.samples, *self.decisions]
+
+    def extend(self, other: "MethodResult") -> None:
+        """Append ``other``'s records and add up its counts."""
+        self.instructions.extend(other.instructions)
+        self.samples.extend(other.samples)
+        self.decisions.extend(other.decisions)
+        self.rejected.extend(other.rejected)
+        counts = Counts(self.counts)
+        counts.update(other.counts)
+        self.counts = counts.as_dict()

@@ -42,7 +42,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from generators.common import Counts, instruction_prompt, make_request, params_of, run_sync
+from generators.common import Counts, MethodResult, instruction_prompt, make_request, params_of, run_sync
 from generators.teachers.base import Teacher
 from generators.templates import load_template
 from storage.records import FilterDecision, Instruction, Sample, normalize_text
@@ -117,30 +117,13 @@ class EvolInstructConfig(BaseModel):
 
 
 @dataclass
-class EvolRoundResult:
+class EvolRoundResult(MethodResult):
     """One round over a batch. ``pool`` is the next round's input: each kept evolution in
-    place of its parent, each eliminated one's parent unchanged (same order as the input)."""
+    place of its parent, each eliminated one's parent unchanged (same order as the input).
+    ``records`` is what the flow stores (eliminated evolutions are explained by their
+    decisions); ``extend`` leaves ``pool`` alone."""
 
     pool: list[Instruction] = field(default_factory=list)
-    instructions: list[Instruction] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    decisions: list[FilterDecision] = field(default_factory=list)
-    rejected: list[Instruction] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def records(self) -> list[Instruction | Sample | FilterDecision]:
-        """What the flow stores (eliminated evolutions are explained by their decisions)."""
-        return [*self.instructions, *self.samples, *self.decisions]
-
-    def extend(self, other: "EvolRoundResult") -> None:
-        self.instructions.extend(other.instructions)
-        self.samples.extend(other.samples)
-        self.decisions.extend(other.decisions)
-        self.rejected.extend(other.rejected)
-        counts = Counts(self.counts)
-        counts.update(other.counts)
-        self.counts = counts.as_dict()
 
 
 def evolve_prompt(instruction: Instruction, operator: str, config: EvolInstructConfig) -> tuple[str, str]:

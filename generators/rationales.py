@@ -28,13 +28,13 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from generators.common import Counts, instruction_prompt, make_request, params_of, run_sync
+from generators.common import Counts, MethodResult, instruction_prompt, make_request, params_of, run_sync
 from generators.teachers.base import Teacher
 from generators.templates import load_template
 from storage.errors import InputError
@@ -109,14 +109,9 @@ class RationalesConfig(BaseModel):
 
 
 @dataclass
-class RationalesResult:
-    samples: list[Sample] = field(default_factory=list)
-    decisions: list[FilterDecision] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def records(self) -> list[Sample | FilterDecision]:
-        return [*self.samples, *self.decisions]
+class RationalesResult(MethodResult):
+    """The samples made, and decisions on dropped answers (``instructions`` and
+    ``rejected`` stay empty)."""
 
 
 # --------------------------------------------------------------------------- prompt and parsing

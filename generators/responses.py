@@ -15,12 +15,12 @@ limit is dropped (``truncated``) unless ``keep_truncated``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from generators.common import Counts, make_request, params_of, run_sync
+from generators.common import Counts, MethodResult, make_request, params_of, run_sync
 from generators.teachers.base import Teacher
 from generators.templates import load_template
 from storage.records import FilterDecision, Instruction, Sample
@@ -51,14 +51,9 @@ class ResponsesConfig(BaseModel):
 
 
 @dataclass
-class ResponsesResult:
-    samples: list[Sample] = field(default_factory=list)
-    decisions: list[FilterDecision] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def records(self) -> list[Sample | FilterDecision]:
-        return [*self.samples, *self.decisions]
+class ResponsesResult(MethodResult):
+    """The samples made, and decisions on dropped answers (``instructions`` and
+    ``rejected`` stay empty)."""
 
 
 async def agenerate_responses(teacher: Teacher, instructions: Sequence[Instruction],

@@ -56,7 +56,7 @@ import random
 import re
 import string
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -64,7 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from filters.base import Decision, to_record
 from filters.rouge import RougeNovelty
-from generators.common import Counts, make_request, params_of, run_sync
+from generators.common import Counts, MethodResult, make_request, params_of, run_sync
 from generators.teachers.base import ChatRequest, Completion, Teacher
 from generators.templates import load_template
 from storage.errors import InputError
@@ -309,7 +309,7 @@ class SelfInstructState:
 
 
 @dataclass
-class StepResult:
+class StepResult(MethodResult):
     """What one batch produced. ``records`` is what the flow stores.
 
     ``decisions`` explain every dropped item (and carry the ROUGE-L score of every kept
@@ -317,25 +317,6 @@ class StepResult:
     filter and reason), not part of ``records``: a flow that wants their text in SQL too
     can store them, but then must exclude them from datasets.
     """
-
-    instructions: list[Instruction] = field(default_factory=list)
-    samples: list[Sample] = field(default_factory=list)
-    decisions: list[FilterDecision] = field(default_factory=list)
-    rejected: list[Instruction] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def records(self) -> list[Instruction | Sample | FilterDecision]:
-        return [*self.instructions, *self.samples, *self.decisions]
-
-    def extend(self, other: "StepResult") -> None:
-        self.instructions.extend(other.instructions)
-        self.samples.extend(other.samples)
-        self.decisions.extend(other.decisions)
-        self.rejected.extend(other.rejected)
-        counts = Counts(self.counts)
-        counts.update(other.counts)
-        self.counts = counts.as_dict()
 
 
 # --------------------------------------------------------------------------- prompts
