@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import _common  # noqa: E402
 from training.config import EvalConfig, TrainConfig  # noqa: E402
 from training.evaluate import (  # noqa: E402
     EvalResult,
@@ -72,16 +71,8 @@ def machine() -> str:
     import transformers
     import trl
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), transformers {transformers.__version__}, trl {trl.__version__}")
+    return _common.machine(f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+                           f"transformers {transformers.__version__}", f"trl {trl.__version__}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shutil
 import sys
@@ -28,6 +27,7 @@ import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import _common  # noqa: E402
 from storage.records import Sample  # noqa: E402
 from storage.store import Store  # noqa: E402
 
@@ -38,16 +38,7 @@ HEADER = (
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = ", load average %.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
-    return f"{os.cpu_count()} cores, {cpu}{load}, Python {platform.python_version()}, DuckDB {duckdb.__version__}"
+    return _common.machine(f"DuckDB {duckdb.__version__}")
 
 
 def make_samples(n: int, seed: int = 0) -> list[Sample]:

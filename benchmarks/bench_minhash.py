@@ -24,8 +24,6 @@ Prints markdown table rows: | benchmark | measurement | value | notes | machine 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -37,21 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 from datasketch import MinHash, MinHashLSH  # noqa: E402
 
+from benchmarks._common import machine  # noqa: E402
 from filters.minhash import MinHashIndex, shingles  # noqa: E402
 
 BATCH = 1000
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}, Python {platform.python_version()}"
 
 
 def make_docs(n: int, seed: int = 0) -> list[str]:

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import openai  # noqa: E402
 
+from benchmarks._common import machine  # noqa: E402  (bench_flow and bench_embedded import it from here)
 from fake_openai_server import spawn_fake_server  # noqa: E402
 from generators.teachers.base import ChatRequest  # noqa: E402
 from generators.teachers.ledger import LedgeredTeacher  # noqa: E402
@@ -42,19 +41,6 @@ from generators.teachers.openai_backend import OpenAITeacher  # noqa: E402
 from storage.store import Store  # noqa: E402
 
 HEADER = "| benchmark | measurement | value | notes | machine | command |\n|---|---|---:|---|---|---|"
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{os.cpu_count()} cores, {cpu}, load {load:.1f}, Python {platform.python_version()}"
 
 
 async def bare(url: str, prompts: list[str], concurrency: int) -> tuple[float, float]:
