@@ -12,6 +12,9 @@ from fake_openai_server import _fake_openai_session, fake_openai  # noqa: F401
 # Flows: a session-scoped Prefect test harness with its own PREFECT_HOME (``prefect_harness``).
 from prefect_harness import prefect_env, prefect_harness  # noqa: E402,F401
 
+# Training: one torch thread per module and a tiny student and teacher (``one_torch_thread``, ``tiny_models``).
+from tiny_models import one_torch_thread, tiny_models  # noqa: E402,F401
+
 # Storage: a fresh, migrated DuckDB file per test (``store``).
 import pytest  # noqa: E402
 

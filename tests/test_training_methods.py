@@ -14,26 +14,13 @@ from training.config import PRESETS, TrainConfig
 from training.distill_step_by_step import EXPLAIN, PREDICT, step_by_step_dataset
 from training.kd import build_kd_trainer
 from training.sft import build_sft_trainer
-from training.testing import tiny_llama, toy_rows
+from training.testing import toy_rows
 from training.train import train
 
 METHODS = ["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "distill"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two torch
-    threads run ~10x slower than one (they spin waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return tiny_llama(root / "student", num_layers=2), tiny_llama(root / "teacher", num_layers=4, seed=1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _config(method, student, teacher, out, **kw):
@@ -42,8 +29,8 @@ def _config(method, student, teacher, out, **kw):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_each_method_changes_every_parameter(method, models, tmp_path):
-    student, teacher = models
+def test_each_method_changes_every_parameter(method, tiny_models, tmp_path):
+    student, teacher = tiny_models
     seen = []
     config = _config(method, student, teacher, tmp_path / "ckpt")
     result = train(config, toy_rows(8, rationale=method == "distill"), on_progress=seen.append, show_progress=False)
@@ -60,8 +47,8 @@ def test_each_method_changes_every_parameter(method, models, tmp_path):
 
 
 @pytest.mark.parametrize("method", sorted(PRESETS))
-def test_kd_presets_reach_trl(method, models, tmp_path):
-    student, teacher = models
+def test_kd_presets_reach_trl(method, tiny_models, tmp_path):
+    student, teacher = tiny_models
     config = _config(method, student, teacher, tmp_path)
     tok = AutoTokenizer.from_pretrained(student)
     trainer = build_kd_trainer(config, AutoModelForCausalLM.from_pretrained(student),
@@ -74,8 +61,8 @@ def test_kd_presets_reach_trl(method, models, tmp_path):
     assert not trainer.args.bf16 and not trainer.args.gradient_checkpointing and trainer.args.use_cpu
 
 
-def test_sft_labels_cover_the_assistant_turn_only(models, tmp_path):
-    student, _ = models
+def test_sft_labels_cover_the_assistant_turn_only(tiny_models, tmp_path):
+    student, _ = tiny_models
     tok = AutoTokenizer.from_pretrained(student)
     rows = toy_rows(2)
     rows[0]["system_prompt"] = "Be brief."
@@ -91,8 +78,8 @@ def test_sft_labels_cover_the_assistant_turn_only(models, tmp_path):
     assert "Be brief." in tok.decode(trainer.train_dataset[0]["input_ids"])
 
 
-def test_sft_packing_runs(models, tmp_path):
-    student, teacher = models
+def test_sft_packing_runs(tiny_models, tmp_path):
+    student, teacher = tiny_models
     result = train(_config("sft", student, teacher, tmp_path / "p", packing=True), toy_rows(8), show_progress=False)
     assert math.isfinite(result.final_loss)
 
@@ -106,8 +93,8 @@ def test_step_by_step_tasks_and_weights():
     assert (predict["task_weight"], explain["task_weight"]) == pytest.approx((0.7, 0.3))
 
 
-def test_kd_with_a_foreign_tokenizer_is_refused(models, tmp_path):
-    student, teacher = models
+def test_kd_with_a_foreign_tokenizer_is_refused(tiny_models, tmp_path):
+    student, teacher = tiny_models
     other = tmp_path / "other"
     model = AutoModelForCausalLM.from_pretrained(student)
     tok = AutoTokenizer.from_pretrained(student)
@@ -119,10 +106,10 @@ def test_kd_with_a_foreign_tokenizer_is_refused(models, tmp_path):
         train(_config("kd", other, teacher, tmp_path / "x"), toy_rows(4), show_progress=False)
 
 
-def test_step_by_step_loss_weighs_the_two_tasks(models, tmp_path):
+def test_step_by_step_loss_weighs_the_two_tasks(tiny_models, tmp_path):
     from training.distill_step_by_step import build_distill_trainer
 
-    student, _ = models
+    student, _ = tiny_models
     config = _config("distill", student, student, tmp_path, alpha=0.25)
     model = AutoModelForCausalLM.from_pretrained(student)
     trainer = build_distill_trainer(config, model, AutoTokenizer.from_pretrained(student),

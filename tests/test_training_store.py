@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from rich.console import Console
 
 from storage.datasets import create_dataset
@@ -25,24 +24,11 @@ from training.evaluate import (
     results_from_store,
     rouge_l,
 )
-from training.testing import tiny_llama, toy_rows
+from training.testing import toy_rows
 from training.train import load_model, load_tokenizer, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two torch
-    threads run ~10x slower than one (they spin waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    return tiny_llama(root / "student", num_layers=2), tiny_llama(root / "teacher", num_layers=4, seed=1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
@@ -58,8 +44,8 @@ def store(tmp_path):
     return store
 
 
-def test_run_and_evaluations_are_recorded(models, store, tmp_path):
-    student, teacher = models
+def test_run_and_evaluations_are_recorded(tiny_models, store, tmp_path):
+    student, teacher = tiny_models
     config = TrainConfig(method="kd", student=str(student), teacher=str(teacher), max_steps=2, batch_size=4,
                          max_length=64, learning_rate=1e-2, output_dir=str(tmp_path / "ckpt"))
     result = train(config, store=store, dataset="toy", show_progress=False)
@@ -100,8 +86,8 @@ def test_run_and_evaluations_are_recorded(models, store, tmp_path):
     assert comparison_markdown(results).count("\n") == 3
 
 
-def test_failed_run_is_recorded(models, store, tmp_path):
-    student, _ = models
+def test_failed_run_is_recorded(tiny_models, store, tmp_path):
+    student, _ = tiny_models
     config = TrainConfig(method="distill", student=str(student), teacher=None, max_steps=1,
                          output_dir=str(tmp_path / "x"))
     with pytest.raises(Exception, match="rationale"):
@@ -126,8 +112,8 @@ def test_metrics():
     assert not exact_match("So the answer is 6", "5")
 
 
-def test_kl_is_zero_against_itself_and_positive_otherwise(models):
-    student, teacher = models
+def test_kl_is_zero_against_itself_and_positive_otherwise(tiny_models):
+    student, teacher = tiny_models
     tok = load_tokenizer(student)
     s, t = load_model(student, "cpu", for_inference=True), load_model(teacher, "cpu", for_inference=True)
     items = eval_items(toy_rows(0, eval_rows=3))

@@ -14,14 +14,7 @@ from training.student import STUDENT_MARKER, build_student, check_same_tokenizer
 from training.testing import tiny_llama
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine two torch
-    threads run ~10x slower than one (they spin waiting for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
