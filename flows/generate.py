@@ -31,7 +31,7 @@ from prefect.utilities.annotations import quote
 from flows import artifacts
 from flows._compat import TeacherConfig
 from flows.config import GenerateConfig
-from flows.filtering import SampleFilters, SampleItem
+from flows.filtering import FilterOutcome, SampleFilters, SampleItem
 from flows.methods import (
     INSTRUCTIONS_BY_ID_SQL,
     SEED_INSTRUCTIONS_SQL,
@@ -50,7 +50,7 @@ from flows.runs import finish_run, start_run
 from generators.teachers.base import ChatRequest, Completion, Teacher
 from generators.teachers.config import build_teacher
 from generators.teachers.ledger import LedgeredTeacher
-from storage.errors import DatabaseError, InputError
+from storage.errors import DatabaseError, DatabaseLockedError, InputError
 from storage.records import Instruction
 from storage.store import Store
 
@@ -145,23 +145,53 @@ async def generate_batch(method: str, index: int, batch: Batch, ctx: _Context) -
     counts = Counter(result.counts)
     counts["samples"] += len(result.samples)
 
-    # A sample another run already stored is that run's (an exact duplicate of it): it is
-    # neither judged again here (its decisions are that run's) nor counted as kept.
-    ids = [s.id for s in result.samples]
-    others = ({r["id"] for r in await asyncio.to_thread(ctx.store.query, OTHER_RUNS_SAMPLES_SQL, [ids, ctx.run_id])}
-              if ids else set())
-    counts["duplicate_of_other_runs"] += len(others)
     items = [SampleItem(s.id, s.instruction_id, *_instruction_text(result, s), s.response,
-                        (s.metadata or {}).get("judge_score")) for s in result.samples if s.id not in others]
-    outcome = ctx.filters.apply(items)  # synchronous: no other batch interleaves with the pools
+                        (s.metadata or {}).get("judge_score")) for s in result.samples]
+    # One batch at a time judges and stores (the filters' pools see every kept sample), in
+    # a worker thread so the other batches' requests go on meanwhile.
     async with ctx.write_lock:
-        await asyncio.to_thread(ctx.store.ingest, [*result.records, *outcome.records])
+        others, outcome = await asyncio.to_thread(_judge_and_store, ctx, items, result.records)
+    counts["duplicate_of_other_runs"] += len(others)
     kept = outcome.kept
     for key, n in outcome.dropped.items():
         counts[f"dropped_{key}"] += n
     ctx.runner.absorb(result)
     requested = counts.get("requests", batch.requests)
     return _Outcome(index, counts, len(kept), failed_all=requested > 0 and counts.get("failed", 0) >= requested)
+
+
+def _judge_and_store(ctx: _Context, items: list[SampleItem], records: list) -> tuple[set[str], FilterOutcome]:
+    """Find the samples other runs stored, filter the rest, store it all: one commit.
+
+    A sample another run already stored is that run's (an exact duplicate of it): it is
+    neither judged again here (its decisions are that run's) nor counted as kept. The
+    check, the decisions and the rows go through one connection (with the ledger's journal
+    merged in the same commit); if the database is busy (another process, or a reader
+    waiting), the check reads when it can and the rows go through ``ingest``, which
+    spools them to the journal rather than wait.
+    """
+    store, ids = ctx.store, [i.sample_id for i in items]
+
+    def judge(others: set[str]) -> FilterOutcome:
+        return ctx.filters.apply([i for i in items if i.sample_id not in others])
+
+    if not store.readers_waiting():
+        opened = False
+        try:
+            with store.write(timeout=store.lock_timeout) as con:
+                opened = True
+                others = ({row[0] for row in con.execute(OTHER_RUNS_SAMPLES_SQL, [ids, ctx.run_id]).fetchall()}
+                          if ids else set())
+                outcome = judge(others)
+                store.insert(con, [*records, *outcome.records])
+            return others, outcome
+        except DatabaseLockedError:
+            if opened:
+                raise
+    others = {r["id"] for r in store.query(OTHER_RUNS_SAMPLES_SQL, [ids, ctx.run_id])} if ids else set()
+    outcome = judge(others)
+    store.ingest([*records, *outcome.records])
+    return others, outcome
 
 
 def _instruction_text(result: BatchResult, sample) -> tuple[str, str]:
@@ -264,7 +294,8 @@ async def generate_flow(
     counting = CountingTeacher(inner)
     # merge=False: each batch's ingest merges the ledger's journal in the same commit,
     # instead of one extra database write per batch.
-    ledgered = LedgeredTeacher(counting, store, run_id=run.id, merge=False)
+    # prefetch: the ledger's keys for this teacher are read once, not looked up per batch.
+    ledgered = LedgeredTeacher(counting, store, run_id=run.id, merge=False, prefetch=True)
     try:
         runner = await asyncio.to_thread(build_runner, store, generate, run_name=run_name, run_id=run.id,
                                          teacher_model=ledgered.model, seeds=seeds)

@@ -650,6 +650,14 @@ class Store:
             finally:
                 self._local.write_con = None
 
+    def insert(self, con: duckdb.DuckDBPyConnection, records: Iterable[Record]) -> IngestResult:
+        """Insert records through the connection of a ``write()`` block, in its transaction
+        (``ingest`` for a caller that reads and writes in one commit; nothing is spooled)."""
+        result = IngestResult()
+        for batch in _group_by_table(records):
+            self._insert(con, batch, result)
+        return result
+
     # -- the journal -------------------------------------------------------------------
 
     def spool(self, records: Iterable[Record]) -> int:

@@ -47,6 +47,8 @@ SELECT key, response_text, finish_reason, prompt_tokens, completion_tokens, late
        attempts, logprobs, model
 FROM requests
 WHERE status = 'ok' AND key IN (SELECT unnest(?::VARCHAR[]))"""
+# Every key of one model already paid for (``prefetch``: one read instead of one per batch).
+OK_KEYS_SQL = "SELECT key FROM requests WHERE status = 'ok' AND model = ?"
 
 
 @dataclass
@@ -108,7 +110,8 @@ class LedgeredTeacher(Teacher):
     """Any teacher, with every request keyed, looked up and recorded in the ``requests`` table."""
 
     def __init__(self, inner: Teacher, store: Any, *, run_id: str | None = None,
-                 merge: bool = True, flush_interval_s: float = 0.05) -> None:
+                 merge: bool = True, flush_interval_s: float = 0.05, prefetch: bool = False,
+                 prefetch_refresh_s: float = 30.0) -> None:
         super().__init__(inner.model, defaults=inner.defaults)
         self.inner = inner
         self.backend = inner.backend
@@ -117,6 +120,14 @@ class LedgeredTeacher(Teacher):
         self.merge = merge
         self.flush_interval_s = flush_interval_s
         self.last_stats = LedgerStats()
+        # prefetch: the keys of this model already ok (database + journal) are read once and
+        # kept in memory, with every key this object records ok added as it arrives; a batch
+        # with none of them skips the per-batch lookup (a database open). Re-read after
+        # ``prefetch_refresh_s`` so keys another process paid for meanwhile are found.
+        self.prefetch = prefetch
+        self.prefetch_refresh_s = prefetch_refresh_s
+        self._known: set[str] | None = None
+        self._known_at = 0.0
 
     def __repr__(self) -> str:
         return f"LedgeredTeacher({self.inner!r}, {self.store!r})"
@@ -140,10 +151,39 @@ class LedgeredTeacher(Teacher):
         return {key: _cached_completion(key, row) for key, row in found.items()}
 
     def _prepare(self, keys: list[str]) -> dict[str, Completion]:
+        if self.prefetch:
+            if self._known is None or time.monotonic() - self._known_at > self.prefetch_refresh_s:
+                self._known = self._ok_keys()
+                self._known_at = time.monotonic()
+            keys = [k for k in keys if k in self._known]  # the others are not in the ledger
         # Build one throw-away Arrow batch first: the first conversion imports pandas
         # (~0.5 s), and a result must not wait that long to become durable.
-        records_to_arrow([RequestRecord(key="warm-up", model="", backend="", status="failed")])
+        if not self._warm:
+            records_to_arrow([RequestRecord(key="warm-up", model="", backend="", status="failed")])
+            self._warm = True
         return self.lookup(keys)
+
+    _warm = False
+
+    def _ok_keys(self) -> set[str]:
+        """Every key of this model already ``ok`` in the ledger (database and journal)."""
+        keys: set[str] = set()
+        if self.store.path.exists():
+            try:
+                keys = {row["key"] for row in self.store.query(OK_KEYS_SQL, [self.inner.model])}
+            except DatabaseError as err:  # locked too long: look every batch up instead
+                log.warning("ledger prefetch from %s failed (%s); looking keys up per batch", self.store.path, err)
+                return _ALL
+        for path in self.store.journal_segments():
+            try:
+                with pa.memory_map(str(path)) as source:
+                    table = pa.ipc.open_file(source).read_all()
+            except (OSError, pa.ArrowInvalid):
+                continue
+            if {"key", "status"} <= set(table.column_names):
+                keys.update(k for k, st in zip(table.column("key").to_pylist(), table.column("status").to_pylist())
+                            if st == "ok")
+        return keys
 
     def _journal_ok(self, keys: set[str]) -> dict[str, dict[str, Any]]:
         """Ok rows for ``keys`` in journal segments not merged yet (e.g. after a crash)."""
@@ -208,6 +248,8 @@ class LedgeredTeacher(Teacher):
             async for j, done in self.inner.astream(todo):
                 record, done = self._record(todo[j], done)
                 writer.put(record)
+                if done.ok and self._known is not None:
+                    self._known.add(record.key)
                 stats.ok += done.ok
                 stats.failed += not done.ok
                 for i in positions[record.key]:
@@ -238,6 +280,19 @@ class LedgeredTeacher(Teacher):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+class _Everything(set):
+    """Stands for "any key may be in the ledger" (prefetch failed): look every key up."""
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def add(self, key: Any) -> None:
+        return None
+
+
+_ALL = _Everything()
 
 
 def _cached_completion(key: str, row: dict[str, Any]) -> Completion:
