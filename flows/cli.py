@@ -326,13 +326,30 @@ def _duckdb_message(err: duckdb.Error) -> str:
     return str(err).strip().splitlines()[0]
 
 
+try:  # typer vendors its own click; its exceptions are the ones raised
+    from typer._click.exceptions import UsageError as _UsageError
+except ImportError:  # older typer on plain click
+    from click.exceptions import UsageError as _UsageError
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: run the app, turning errors into one line + exit 2."""
     if os.environ.get("DISTILL_DEBUG"):
         app(args=argv, prog_name="distill")
         return
     try:
-        app(args=argv, prog_name="distill")
+        # standalone_mode=False: usage errors reach us as exceptions (one line below)
+        # instead of click's boxed message; exit codes come back as the return value.
+        code = app(args=argv, prog_name="distill", standalone_mode=False)
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
+    except _UsageError as err:
+        if not err.format_message():  # no arguments at all: the help was shown
+            raise SystemExit(err.exit_code)
+        hint = f" (see: {err.ctx.command_path} --help)" if err.ctx is not None else ""
+        _die(f"{err.format_message()}{hint}")
+    except typer.Abort:
+        _die("aborted", 1)
     except DistillError as err:
         _die(str(err), err.exit_code)
     except duckdb.Error as err:

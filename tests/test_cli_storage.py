@@ -102,6 +102,8 @@ def test_datasets_commands(cli, tmp_path):
         (["datasets", "export", "nope@2", "--format", "hf", "--to", "x"], ["dataset 'nope' does not exist"]),
         (["datasets", "show", "nope@latest"], ["bad dataset reference"]),
         (["datasets", "create", "d", "--sql", "SELECT 1 AS instruction"], ["must return columns", "response"]),
+        (["sql", "SELECT 1", "--format", "xml"], ["Invalid value for '--format'", "distill sql --help"]),
+        (["no-such-command"], ["No such command", "no-such-command"]),
     ],
 )
 def test_user_errors_are_one_line(cli, args, fragments):
