@@ -128,30 +128,43 @@ def read_instructions_file(path: str | Path, *, run_id: str | None = None) -> li
 # -- responses ---------------------------------------------------------------------------
 
 
-class ResponsesRunner:
-    """The teacher answers instructions, ``config.n`` samples each (generators/responses.py)."""
+class _FixedListRunner:
+    """Walks a fixed list of items in order, ``per_item`` requests (samples) for each."""
 
     parallel = True
-    method = "responses"
 
-    def __init__(self, instructions: Sequence[Instruction], config: Any, *, batch_size: int = 32,
+    def __init__(self, items: Sequence[Instruction], config: Any, *, batch_size: int = 32,
                  run_id: str | None = None) -> None:
-        self.instructions = list(instructions)
+        self.items = list(items)
         self.config = config
         self.pos = 0
         self.batch_size = batch_size
         self.run_id = run_id
         self.batches = 0
 
+    @property
+    def per_item(self) -> int:
+        raise NotImplementedError
+
     def next_batch(self, max_requests: int) -> Batch | None:
-        n = self.config.n
-        size = min(max(1, self.batch_size // n), max_requests // n, len(self.instructions) - self.pos)
+        n = self.per_item
+        size = min(max(1, self.batch_size // n), max_requests // n, len(self.items) - self.pos)
         if size <= 0:
             return None
-        items = self.instructions[self.pos: self.pos + size]
+        items = self.items[self.pos: self.pos + size]
         self.pos += size
         self.batches += 1
         return Batch(self.batches, items, requests=size * n, max_samples=size * n)
+
+
+class ResponsesRunner(_FixedListRunner):
+    """The teacher answers instructions, ``config.n`` samples each (generators/responses.py)."""
+
+    method = "responses"
+
+    @property
+    def per_item(self) -> int:
+        return self.config.n
 
     async def run(self, teacher: Teacher, batch: Batch) -> BatchResult:
         from generators.responses import agenerate_responses
@@ -268,33 +281,21 @@ class EvolRunner:
 # -- rationales --------------------------------------------------------------------------
 
 
-class RationalesRunner:
+class RationalesRunner(_FixedListRunner):
     """Chain-of-thought rationales for questions, D samples each (generators/rationales.py)."""
 
-    parallel = True
     method = "rationales"
 
     def __init__(self, questions: Sequence[Instruction], config: Any, *, batch_size: int,
                  run_id: str | None = None) -> None:
         from generators.rationales import load_cot_examples
 
-        self.config = config
+        super().__init__(questions, config, batch_size=batch_size, run_id=run_id)
         self.examples = load_cot_examples()
-        self.questions = list(questions)
-        self.pos = 0
-        self.batch_size = batch_size
-        self.run_id = run_id
-        self.batches = 0
 
-    def next_batch(self, max_requests: int) -> Batch | None:
-        d = self.config.num_samples
-        size = min(max(1, self.batch_size // d), max_requests // d, len(self.questions) - self.pos)
-        if size <= 0:
-            return None
-        items = self.questions[self.pos: self.pos + size]
-        self.pos += size
-        self.batches += 1
-        return Batch(self.batches, items, requests=size * d, max_samples=size * d)
+    @property
+    def per_item(self) -> int:
+        return self.config.num_samples
 
     async def run(self, teacher: Teacher, batch: Batch) -> BatchResult:
         from generators.rationales import agenerate_rationales
