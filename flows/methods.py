@@ -146,6 +146,16 @@ class _FixedListRunner:
     def per_item(self) -> int:
         raise NotImplementedError
 
+    def absorb(self, result: BatchResult) -> None:
+        return None  # a fixed list has no pool to grow
+
+    @staticmethod
+    def _batch_result(step: Any, batch: Batch) -> BatchResult:
+        out = BatchResult(counts=dict(step.counts), samples=list(step.samples))
+        out.instructions = {i.id: i for i in batch.items}
+        out.records = list(step.records)
+        return out
+
     def next_batch(self, max_requests: int) -> Batch | None:
         n = self.per_item
         size = min(max(1, self.batch_size // n), max_requests // n, len(self.items) - self.pos)
@@ -170,13 +180,7 @@ class ResponsesRunner(_FixedListRunner):
         from generators.responses import agenerate_responses
 
         step = await agenerate_responses(teacher, batch.items, self.config, run_id=self.run_id)
-        out = BatchResult(counts=dict(step.counts), samples=list(step.samples))
-        out.instructions = {i.id: i for i in batch.items}
-        out.records = list(step.records)
-        return out
-
-    def absorb(self, result: BatchResult) -> None:
-        return None
+        return self._batch_result(step, batch)
 
 
 # -- self-instruct / alpaca --------------------------------------------------------------
@@ -301,10 +305,4 @@ class RationalesRunner(_FixedListRunner):
         from generators.rationales import agenerate_rationales
 
         step = await agenerate_rationales(teacher, batch.items, self.examples, self.config, run_id=self.run_id)
-        out = BatchResult(counts=dict(step.counts), samples=list(step.samples))
-        out.instructions = {i.id: i for i in batch.items}
-        out.records = list(step.records)
-        return out
-
-    def absorb(self, result: BatchResult) -> None:
-        return None
+        return self._batch_result(step, batch)

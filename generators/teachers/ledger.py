@@ -27,7 +27,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,30 +174,28 @@ class LedgeredTeacher(Teacher):
             except DatabaseError as err:  # locked too long: look every batch up instead
                 log.warning("ledger prefetch from %s failed (%s); looking keys up per batch", self.store.path, err)
                 return _ALL
+        for table in self._journal_tables({"key", "status"}):
+            keys.update(k for k, st in zip(table.column("key").to_pylist(), table.column("status").to_pylist())
+                        if st == "ok")
+        return keys
+
+    def _journal_tables(self, columns: set[str]) -> Iterator[pa.Table]:
+        """Readable journal segments (not merged yet) that have ``columns``; others are skipped."""
         for path in self.store.journal_segments():
             try:
                 with pa.memory_map(str(path)) as source:
                     table = pa.ipc.open_file(source).read_all()
             except (OSError, pa.ArrowInvalid):
-                continue
-            if {"key", "status"} <= set(table.column_names):
-                keys.update(k for k, st in zip(table.column("key").to_pylist(), table.column("status").to_pylist())
-                            if st == "ok")
-        return keys
+                continue  # being written or from another table: the merge handles it
+            if columns <= set(table.column_names):
+                yield table
 
     def _journal_ok(self, keys: set[str]) -> dict[str, dict[str, Any]]:
         """Ok rows for ``keys`` in journal segments not merged yet (e.g. after a crash)."""
         found: dict[str, dict[str, Any]] = {}
         if not keys:
             return found
-        for path in self.store.journal_segments():
-            try:
-                with pa.memory_map(str(path)) as source:
-                    table = pa.ipc.open_file(source).read_all()
-            except (OSError, pa.ArrowInvalid):
-                continue
-            if not {"key", "status", "response_text"} <= set(table.column_names):
-                continue
+        for table in self._journal_tables({"key", "status", "response_text"}):
             for row in table.to_pylist():
                 if row["status"] == "ok" and row["key"] in keys:
                     found[row["key"]] = row
