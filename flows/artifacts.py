@@ -63,15 +63,23 @@ class Progress:
     """
 
     def __init__(self, key: str, description: str, *, min_interval_s: float = 1.0,
-                 min_step: float = 1.0) -> None:
+                 min_step: float = 1.0, publish: bool = True) -> None:
         self.key = artifact_key(key)
         self.description = description
         self.min_interval_s = min_interval_s
         self.min_step = min_step
         self.value = 0.0
         self._sent_at = 0.0
-        self.id: UUID | None = _safely("progress", create_progress_artifact, 0.0, key=self.key,
-                                       description=description)
+        self.id: UUID | None = None
+        if publish:  # publish=False: the caller awaits ``acreate()`` instead
+            self.id = _safely("progress", create_progress_artifact, 0.0, key=self.key, description=description)
+
+    async def acreate(self) -> None:
+        """Publish the artifact at 0 % from async code (the event loop's own client)."""
+        try:
+            self.id = await create_progress_artifact(0.0, key=self.key, description=self.description, _sync=False)
+        except Exception as exc:
+            log.warning("could not publish progress artifact: %s", exc)
 
     def _due(self, done: float, total: float) -> float | None:
         """The new percentage if an update is due now (throttled), else None."""
@@ -145,11 +153,16 @@ def data_uri(png: bytes) -> str:
 def length_histogram(series: Mapping[str, Sequence[int]], *, title: str = "Length (words)",
                      bins: int = 30) -> bytes:
     """Overlaid histograms of lengths, one per named series (e.g. instruction, response)."""
+    import numpy as np
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
-    for name, values in series.items():
-        if len(values):
-            ax.hist(list(values), bins=bins, alpha=0.6, label=f"{name} (n={len(values)})")
+    present = {name: np.asarray(values) for name, values in series.items() if len(values)}
+    if present:  # shared bins; stairs draw one path per series (ax.hist draws a patch per bin)
+        edges = np.histogram_bin_edges(np.concatenate(list(present.values())), bins=bins)
+        for name, values in present.items():
+            ax.stairs(np.histogram(values, bins=edges)[0], edges, fill=True, alpha=0.6,
+                      label=f"{name} (n={len(values)})")
     ax.set_title(title)
     ax.set_xlabel("words")
     ax.set_ylabel("count")

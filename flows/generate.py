@@ -127,7 +127,13 @@ class _Context:
     runner: Any
     teacher: Teacher
     filters: SampleFilters
-    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    committer: "_Committer" = field(init=False)
+    # Set when a batch's teacher requests are done (it may still be storing): the loop
+    # can send the next batch then, so storing never leaves the teacher idle.
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.committer = _Committer(self)
 
 
 @dataclass
@@ -138,19 +144,56 @@ class _Outcome:
     failed_all: bool
 
 
+class _Committer:
+    """Judges and stores finished batches, one commit at a time, in the order they finish.
+
+    Batches that finish while a commit is running wait and go together in the next one:
+    one database open, one check against other runs and one insert per table for all of
+    them, so a fast teacher never queues batches behind one commit each.
+    """
+
+    def __init__(self, ctx: _Context) -> None:
+        self.ctx = ctx
+        self.queue: list[tuple[list[SampleItem], list, asyncio.Future]] = []
+        self.lock = asyncio.Lock()
+        self.commits = 0
+
+    async def commit(self, items: list[SampleItem], records: list) -> tuple[set[str], FilterOutcome]:
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.queue.append((items, records, fut))
+        async with self.lock:
+            if not fut.done():  # nobody took it along: commit everything queued now
+                pending, self.queue = self.queue, []
+                try:
+                    results = await asyncio.to_thread(
+                        _judge_and_store, self.ctx, [(i, r) for i, r, _ in pending])
+                except BaseException as exc:
+                    for *_, f in pending:
+                        if not f.done():
+                            f.set_exception(exc)
+                    raise
+                self.commits += 1
+                for (*_, f), result in zip(pending, results):
+                    f.set_result(result)
+        return await fut
+
+
 @task(name="generate-batch", task_run_name="{method}-batch-{index}", cache_policy=NO_CACHE)
 async def generate_batch(method: str, index: int, batch: Batch, ctx: _Context) -> _Outcome:
     """One batch: the method's teacher calls, inline filters, then its records stored."""
-    result: BatchResult = await ctx.runner.run(ctx.teacher, batch)
+    try:
+        result: BatchResult = await ctx.runner.run(ctx.teacher, batch)
+    finally:
+        batch.requests_done = True
+        ctx.wake.set()
     counts = Counter(result.counts)
     counts["samples"] += len(result.samples)
 
     items = [SampleItem(s.id, s.instruction_id, *_instruction_text(result, s), s.response,
                         (s.metadata or {}).get("judge_score")) for s in result.samples]
-    # One batch at a time judges and stores (the filters' pools see every kept sample), in
-    # a worker thread so the other batches' requests go on meanwhile.
-    async with ctx.write_lock:
-        others, outcome = await asyncio.to_thread(_judge_and_store, ctx, items, result.records)
+    # Batches are judged and stored one commit at a time (the filters' pools see every
+    # kept sample), in a worker thread so the other batches' requests go on meanwhile.
+    others, outcome = await ctx.committer.commit(items, result.records)
     counts["duplicate_of_other_runs"] += len(others)
     kept = outcome.kept
     for key, n in outcome.dropped.items():
@@ -160,20 +203,30 @@ async def generate_batch(method: str, index: int, batch: Batch, ctx: _Context) -
     return _Outcome(index, counts, len(kept), failed_all=requested > 0 and counts.get("failed", 0) >= requested)
 
 
-def _judge_and_store(ctx: _Context, items: list[SampleItem], records: list) -> tuple[set[str], FilterOutcome]:
+def _judge_and_store(ctx: _Context, batches: list[tuple[list[SampleItem], list]]
+                     ) -> list[tuple[set[str], FilterOutcome]]:
     """Find the samples other runs stored, filter the rest, store it all: one commit.
 
-    A sample another run already stored is that run's (an exact duplicate of it): it is
-    neither judged again here (its decisions are that run's) nor counted as kept. The
-    check, the decisions and the rows go through one connection (with the ledger's journal
-    merged in the same commit); if the database is busy (another process, or a reader
-    waiting), the check reads when it can and the rows go through ``ingest``, which
-    spools them to the journal rather than wait.
+    ``batches`` are judged in order, each as a unit (the filters' pools grow between
+    them). A sample another run already stored is that run's (an exact duplicate of it):
+    it is neither judged again here (its decisions are that run's) nor counted as kept.
+    The check, the decisions and the rows go through one connection (with the ledger's
+    journal merged in the same commit); if the database is busy (another process, or a
+    reader waiting), the check reads when it can and the rows go through ``ingest``,
+    which spools them to the journal rather than wait.
     """
-    store, ids = ctx.store, [i.sample_id for i in items]
+    store = ctx.store
+    ids = [i.sample_id for items, _ in batches for i in items]
 
-    def judge(others: set[str]) -> FilterOutcome:
-        return ctx.filters.apply([i for i in items if i.sample_id not in others])
+    def judge(others: set[str]) -> list[tuple[set[str], FilterOutcome]]:
+        out = []
+        for items, _ in batches:
+            mine = {i.sample_id for i in items} & others
+            out.append((mine, ctx.filters.apply([i for i in items if i.sample_id not in others])))
+        return out
+
+    def rows(results: list[tuple[set[str], FilterOutcome]]) -> list:
+        return [r for (_, records), (_, outcome) in zip(batches, results) for r in (*records, *outcome.records)]
 
     if not store.readers_waiting():
         opened = False
@@ -182,16 +235,16 @@ def _judge_and_store(ctx: _Context, items: list[SampleItem], records: list) -> t
                 opened = True
                 others = ({row[0] for row in con.execute(OTHER_RUNS_SAMPLES_SQL, [ids, ctx.run_id]).fetchall()}
                           if ids else set())
-                outcome = judge(others)
-                store.insert(con, [*records, *outcome.records])
-            return others, outcome
+                results = judge(others)
+                store.insert(con, rows(results))
+            return results
         except DatabaseLockedError:
             if opened:
                 raise
     others = {r["id"] for r in store.query(OTHER_RUNS_SAMPLES_SQL, [ids, ctx.run_id])} if ids else set()
-    outcome = judge(others)
-    store.ingest([*records, *outcome.records])
-    return others, outcome
+    results = judge(others)
+    store.ingest(rows(results))
+    return results
 
 
 def _instruction_text(result: BatchResult, sample) -> tuple[str, str]:
@@ -284,41 +337,67 @@ async def generate_flow(
     """
     logger = get_run_logger()
     store = Store(db)
-    await asyncio.to_thread(store.init)
     config = {"run_name": run_name, "teacher": teacher.model_dump(mode="json"),
               "generate": generate.model_dump(mode="json"), "seeds": seeds}
-    run = await asyncio.to_thread(start_run, store, "generate", run_name, config)
     teacher_model = _teacher_name(teacher)
-
     inner = build_teacher(teacher)
     counting = CountingTeacher(inner)
-    # merge=False: each batch's ingest merges the ledger's journal in the same commit,
-    # instead of one extra database write per batch.
-    # prefetch: the ledger's keys for this teacher are read once, not looked up per batch.
-    ledgered = LedgeredTeacher(counting, store, run_id=run.id, merge=False, prefetch=True)
+    progress = artifacts.Progress(artifacts.artifact_key("generate", run_name, "progress"),
+                                  f"Kept samples toward the target of {generate.target}", publish=False)
+    ledgered: LedgeredTeacher | None = None
+    run = None
     try:
-        runner = await asyncio.to_thread(build_runner, store, generate, run_name=run_name, run_id=run.id,
-                                         teacher_model=ledgered.model, seeds=seeds)
-        filters = SampleFilters(generate.filters, run_id=run.id)
-        await asyncio.to_thread(_load_filters, filters, store, run.id)
-        spent = (await asyncio.to_thread(store.query, SPENT_SQL, [run.id]))[0]
-        ctx = _Context(store, run.id, runner, ledgered, filters)
-        summary = await _loop(ctx, generate, spent, logger, run_name)
+        # The artifact goes out while the database is set up; the setup is one database open.
+        (run, ledgered, ctx, spent), _ = await asyncio.gather(
+            asyncio.to_thread(_setup, store, generate, run_name, config, counting, seeds), progress.acreate())
+        summary = await _loop(ctx, generate, spent, logger, run_name, progress)
     except BaseException:
-        await asyncio.to_thread(finish_run, store, run, "failed", {})
+        if run is not None:
+            await asyncio.to_thread(finish_run, store, run, "failed", {})
         raise
     finally:
-        await ledgered.aclose()
-        try:  # ledger rows of the last requests, if no ingest came after them
-            await asyncio.to_thread(store.merge_journal)
-        except DatabaseError as err:  # busy: they stay in the journal for the next commit
-            logger.warning("ledger rows stay in the journal for now: %s", err)
+        if ledgered is not None:
+            await ledgered.aclose()
+        else:
+            await counting.aclose()
 
     summary.update(run_id=run.id, run_name=run_name, method=generate.method, teacher=teacher_model)
-    await asyncio.to_thread(finish_run, store, run, summary["status"], summary)
-    await asyncio.to_thread(_publish_report, store, run.id, run_name, summary)
+    # The run's row, the last ledger rows (merged by this commit) and the report's numbers:
+    # one database open.
+    # The counts table and the funnel need only the summary: they go out while that commits.
+    data, funnel, _ = await asyncio.gather(
+        asyncio.to_thread(_finish, store, run, summary),
+        asyncio.to_thread(artifacts.funnel_chart, _funnel_stages(summary)),
+        asyncio.to_thread(_publish_counts, run_name, summary))
+    await asyncio.to_thread(_publish_report, data, funnel, run.id, run_name, summary)
     logger.info("generate %s: %s", run_name, summary["message"])
     return summary
+
+
+def _setup(store: Store, generate: GenerateConfig, run_name: str, config: dict[str, Any], counting: Teacher,
+           seeds: str | None) -> tuple[Any, LedgeredTeacher, _Context, dict[str, int]]:
+    """The run's row, its method at the initial state, the filters' pools, what it already
+    spent and the ledger's keys for this teacher: all through one write connection."""
+    error: Exception | None = None
+    with store.write():
+        run = start_run(store, "generate", run_name, config)
+        # merge=False: each batch's commit merges the ledger's journal in the same commit,
+        # instead of one extra database write per batch.
+        # prefetch: the ledger's keys for this teacher are read once, not looked up per batch.
+        ledgered = LedgeredTeacher(counting, store, run_id=run.id, merge=False, prefetch=True)
+        try:
+            runner = build_runner(store, generate, run_name=run_name, run_id=run.id,
+                                  teacher_model=ledgered.model, seeds=seeds)
+            filters = SampleFilters(generate.filters, run_id=run.id)
+            _load_filters(filters, store, run.id)
+            spent = store.query(SPENT_SQL, [run.id])[0]
+            ledgered.prefetch_keys()
+        except Exception as exc:  # the run is recorded failed (this commit), then the error goes on
+            finish_run(store, run, "failed", {})
+            error = exc
+    if error is not None:
+        raise error
+    return run, ledgered, _Context(store, run.id, runner, ledgered, filters), spent
 
 
 def _load_filters(filters: SampleFilters, store: Store, run_id: str) -> None:
@@ -326,13 +405,11 @@ def _load_filters(filters: SampleFilters, store: Store, run_id: str) -> None:
     filters.load(store, exclude_run=run_id)
 
 
-async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], logger, run_name: str) -> dict:
+async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], logger, run_name: str,
+                progress: artifacts.Progress) -> dict:
     target, cap = config.target, config.attempts_cap
     prior_requests, prior_tokens = int(spent["requests"]), int(spent["tokens"])
     max_inflight = config.max_concurrent_batches if ctx.runner.parallel else 1
-    progress = await asyncio.to_thread(
-        artifacts.Progress, artifacts.artifact_key("generate", run_name, "progress"),
-        f"Kept samples toward the target of {target}")
     totals: Counter = Counter()
     kept = 0
     inflight: dict[asyncio.Task, Batch] = {}
@@ -346,8 +423,14 @@ async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], lo
     def tokens_used() -> int:
         return prior_tokens + ctx.teacher.inner.tokens  # type: ignore[attr-defined]
 
+    def on_wire() -> int:
+        """Batches whose teacher requests are not done yet (storing ones do not count)."""
+        if not ctx.runner.parallel:
+            return len(inflight)  # the next batch needs this one absorbed first
+        return sum(not b.requests_done for b in inflight.values())
+
     while True:
-        while stop is None and len(inflight) < max_inflight:
+        while stop is None and on_wire() < max_inflight:
             reserved = sum(b.requests for b in inflight.values())
             need = target - kept - sum(b.max_samples for b in inflight.values())
             room = cap - requests_used() - reserved
@@ -371,8 +454,13 @@ async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], lo
         if not inflight:
             stop = stop or ("completed" if kept >= target else "exhausted")
             break
-        done, _ = await asyncio.wait(list(inflight), return_when=asyncio.FIRST_COMPLETED)
+        ctx.wake.clear()
+        waker = asyncio.ensure_future(ctx.wake.wait())
+        done, _ = await asyncio.wait([*inflight, waker], return_when=asyncio.FIRST_COMPLETED)
+        waker.cancel()
         for t in done:
+            if t is waker:
+                continue
             inflight.pop(t)
             outcome: _Outcome = t.result()  # a failing batch fails the flow (after the others finish)
             totals.update(outcome.counts)
@@ -428,34 +516,52 @@ def _message(s: dict[str, Any], last_error: str | None) -> str:
     return f"stopped: the method has no more work ({kept}); give it more instructions or seeds"
 
 
-def _publish_report(store: Store, run_id: str, run_name: str, s: dict[str, Any]) -> None:
+def _finish(store: Store, run: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """Record the run's outcome and read the report's numbers, in one commit (which also
+    merges the ledger rows of the last requests)."""
+    run_id = run.id
+    sql = {"kept": KEPT_SQL.format(run_id=run_id).strip(), "requests": REQUESTS_SQL.format(run_id=run_id),
+           "drops": DROPS_SQL.format(run_id=run_id).strip(), "lengths": LENGTHS_SQL.format(run_id=run_id).strip()}
+    try:
+        with store.write(timeout=store.lock_timeout):
+            finish_run(store, run, summary["status"], summary)
+            return {"sql": sql, **{name: store.query(q) for name, q in sql.items()}}
+    except DatabaseLockedError:  # busy: the outcome is spooled; the report reads when it can
+        finish_run(store, run, summary["status"], summary)
+        return {"sql": sql, **{name: store.query(q) for name, q in sql.items()}}
+
+
+def _publish_counts(run_name: str, s: dict[str, Any]) -> None:
     counts = {"target": s["target"], "requested": s["requested"], "sent to teacher": s["sent"],
               "served from ledger": s["cached"], "failed": s["failed"], "samples": s["samples"],
               "duplicates of other runs": s["duplicates_of_other_runs"], "kept": s["kept"]}
     counts.update({f"dropped by {k}": v for k, v in s["dropped"].items()})
     artifacts.publish_counts(artifacts.artifact_key("generate", run_name, "counts"), counts,
                              f"Generation counts for run {run_name}")
-    r = artifacts.Report(f"Generation report: {run_name}")
-    r.text(f"**{s['message']}**\n\nMethod `{s['method']}`, teacher `{s['teacher']}`, run id `{run_id}`.")
-    kept_sql = KEPT_SQL.format(run_id=run_id).strip()
-    r.number("kept samples (all sessions of this run)", store.query(kept_sql)[0]["n"], kept_sql)
-    requests_sql = REQUESTS_SQL.format(run_id=run_id)
-    for row in store.query(requests_sql):
-        r.number(f"requests {row['status']}", row["n"], requests_sql)
-    r.number("tokens used", s["tokens_used"], SPENT_SQL.replace("?", f"'{run_id}'").strip())
-    drops_sql = DROPS_SQL.format(run_id=run_id).strip()
-    drops = store.query(drops_sql)
-    r.heading("Dropped, by filter and reason").table(drops, sql=drops_sql)
+
+
+def _funnel_stages(s: dict[str, Any]) -> list[tuple[str, int]]:
     stages = [("samples", s["samples"]), ("new (not in other runs)", s["samples"] - s["duplicates_of_other_runs"])]
     left = stages[-1][1]
     for key, n in s["dropped"].items():
         left -= n
         stages.append((f"after {key}", left))
-    r.heading("Plots").image("Filter funnel", artifacts.funnel_chart(stages))
-    lengths_sql = LENGTHS_SQL.format(run_id=run_id).strip()
-    rows = store.query(lengths_sql)
+    return stages
+
+
+def _publish_report(data: dict[str, Any], funnel: bytes, run_id: str, run_name: str, s: dict[str, Any]) -> None:
+    sql = data["sql"]
+    r = artifacts.Report(f"Generation report: {run_name}")
+    r.text(f"**{s['message']}**\n\nMethod `{s['method']}`, teacher `{s['teacher']}`, run id `{run_id}`.")
+    r.number("kept samples (all sessions of this run)", data["kept"][0]["n"], sql["kept"])
+    for row in data["requests"]:
+        r.number(f"requests {row['status']}", row["n"], sql["requests"])
+    r.number("tokens used", s["tokens_used"], SPENT_SQL.replace("?", f"'{run_id}'").strip())
+    r.heading("Dropped, by filter and reason").table(data["drops"], sql=sql["drops"])
+    r.heading("Plots").image("Filter funnel", funnel)
+    rows = data["lengths"]
     r.image("Lengths of kept samples (words)", artifacts.length_histogram(
         {"instruction": [x["instruction_words"] for x in rows], "response": [x["response_words"] for x in rows]},
         title="Kept samples: length in words"))
-    r.text(f"Lengths come from:\n\n```sql\n{lengths_sql}\n```")
+    r.text(f"Lengths come from:\n\n```sql\n{sql['lengths']}\n```")
     r.publish(artifacts.artifact_key("generate", run_name, "report"))

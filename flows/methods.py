@@ -53,6 +53,7 @@ class Batch:
     items: list[Any]
     requests: int  # teacher requests this batch makes (at least; follow-up steps may add more)
     max_samples: int  # most samples it can produce (scheduling toward the target)
+    requests_done: bool = False  # its teacher requests are finished (it may still be storing)
 
 
 @dataclass

@@ -594,6 +594,12 @@ class Store:
         when this returns and lands in the database at the next successful commit.
         """
         batches = _group_by_table(records)
+        con = getattr(self._local, "write_con", None)
+        if con is not None:  # inside write() on this thread: part of its transaction
+            result = IngestResult()
+            for batch in batches:
+                self._insert(con, batch, result)
+            return result
         try:
             if self.readers_waiting():  # let the reader in; this batch is merged later
                 raise DatabaseLockedError("a reader is waiting")
@@ -647,7 +653,14 @@ class Store:
     def write(self, timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection inside one transaction, committed and closed on exit
         (rolled back on an exception). Keep the block short: every other process is
-        locked out of the database while it runs. Merges the journal first."""
+        locked out of the database while it runs. Merges the journal first.
+
+        Inside the block, this thread's ``query``/``ingest``/``write`` calls on this Store go
+        through the same connection and transaction (several steps, one database open)."""
+        outer = getattr(self._local, "write_con", None)
+        if outer is not None:  # nested in another write() of this thread: join its transaction
+            yield outer
+            return
         with self._writing(self.write_timeout if timeout is None else timeout) as con:
             self._merge_journal(con)
             con.begin()
@@ -710,7 +723,10 @@ class Store:
         return total
 
     def merge_journal(self) -> int:
-        """Merge pending journal segments into the database now; returns rows replayed."""
+        """Merge pending journal segments into the database now; returns rows replayed.
+        Inside ``write()`` it does nothing: the block merged the journal when it began."""
+        if getattr(self._local, "write_con", None) is not None:
+            return 0
         with self._writing(self.write_timeout) as con:
             return self._merge_journal(con)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -128,6 +129,7 @@ class LedgeredTeacher(Teacher):
         self.prefetch_refresh_s = prefetch_refresh_s
         self._known: set[str] | None = None
         self._known_at = 0.0
+        self._prefetch_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LedgeredTeacher({self.inner!r}, {self.store!r})"
@@ -150,11 +152,19 @@ class LedgeredTeacher(Teacher):
         found.update(self._journal_ok(set(keys) - set(found)))
         return {key: _cached_completion(key, row) for key, row in found.items()}
 
+    def prefetch_keys(self) -> None:
+        """Read the ledger's ok keys for this model now (``prefetch``), e.g. inside a caller's
+        ``store.write()`` block so it costs no database open of its own."""
+        with self._prefetch_lock:
+            self._known = self._ok_keys()
+            self._known_at = time.monotonic()
+
     def _prepare(self, keys: list[str]) -> dict[str, Completion]:
         if self.prefetch:
-            if self._known is None or time.monotonic() - self._known_at > self.prefetch_refresh_s:
-                self._known = self._ok_keys()
-                self._known_at = time.monotonic()
+            with self._prefetch_lock:  # batches starting together read the keys once
+                if self._known is None or time.monotonic() - self._known_at > self.prefetch_refresh_s:
+                    self._known = self._ok_keys()
+                    self._known_at = time.monotonic()
             keys = [k for k in keys if k in self._known]  # the others are not in the ledger
         # Build one throw-away Arrow batch first: the first conversion imports pandas
         # (~0.5 s), and a result must not wait that long to become durable.
