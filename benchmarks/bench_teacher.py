@@ -65,8 +65,9 @@ async def bare(url: str, prompts: list[str], concurrency: int) -> tuple[float, f
     return elapsed, cpu
 
 
-def teacher(url: str, prompts: list[str], concurrency: int, db: Path, ledger: bool) -> tuple[float, float]:
-    inner = OpenAITeacher("fake", base_url=url, concurrency=concurrency)
+def teacher(url: str, prompts: list[str], concurrency: int, db: Path, ledger: bool,
+            http_client: str = "aiohttp") -> tuple[float, float]:
+    inner = OpenAITeacher("fake", base_url=url, concurrency=concurrency, http_client=http_client)
     if ledger:
         Store(db).init()  # an existing database, as a flow has: creating it is not per-batch work
     t = LedgeredTeacher(inner, Store(db)) if ledger else inner
@@ -94,7 +95,7 @@ def main() -> None:
         asyncio.run(bare(url, [f"warm bare {i}" for i in range(args.concurrency)], args.concurrency))
         teacher(url, [f"warm t {i}" for i in range(args.concurrency)], args.concurrency, Path(tmp) / "w.duckdb", True)
         # Interleave the sides over --rounds so a change in machine load hits all of them.
-        bare_s = bare_cpu = led_s = led_cpu = plain_s = plain_cpu = 0.0
+        bare_s = bare_cpu = led_s = led_cpu = plain_s = plain_cpu = httpx_s = httpx_cpu = 0.0
         per = args.n // args.rounds
         for r in range(args.rounds):
             s, c = asyncio.run(bare(url, [f"bare {r} {i}" for i in range(per)], args.concurrency))
@@ -104,8 +105,12 @@ def main() -> None:
             led_s, led_cpu = led_s + s, led_cpu + c
             s, c = teacher(url, [f"plain {r} {i}" for i in range(per)], args.concurrency, Path(tmp) / "p", False)
             plain_s, plain_cpu = plain_s + s, plain_cpu + c
+            s, c = teacher(url, [f"httpx {r} {i}" for i in range(per)], args.concurrency,
+                           Path(tmp) / "h.duckdb", True, http_client="httpx")
+            httpx_s, httpx_cpu = httpx_s + s, httpx_cpu + c
         args.n = per * args.rounds
-    rate = {name: args.n / s for name, s in (("bare", bare_s), ("ledger", led_s), ("plain", plain_s))}
+    rate = {name: args.n / s for name, s in (("bare", bare_s), ("ledger", led_s), ("plain", plain_s),
+                                             ("httpx", httpx_s))}
     where = machine()
     if args.header:
         print(HEADER)
@@ -120,6 +125,9 @@ def main() -> None:
         ("OpenAITeacher + ledger (DuckDB)", f"{rate['ledger']:.0f} samples/s",
          f"**{rate['ledger'] / rate['bare']:.2f}x bare** (target >= 0.95); {cpu(led_cpu)} "
          f"({led_cpu / bare_cpu:.2f}x bare)"),
+        ("OpenAITeacher + ledger, http_client=httpx", f"{rate['httpx']:.0f} samples/s",
+         f"{rate['httpx'] / rate['bare']:.2f}x bare: the SDK's default HTTP stack under the same teacher; "
+         f"{cpu(httpx_cpu)}"),
         ("physical limit", f"{limit:.0f} samples/s", f"concurrency {args.concurrency} / latency {args.latency}s; "
          f"bare reaches {rate['bare'] / limit:.0%}"),
     ]
