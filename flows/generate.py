@@ -167,14 +167,17 @@ class _Committer:
                 try:
                     results = await asyncio.to_thread(
                         _judge_and_store, self.ctx, [(i, r) for i, r, _ in pending])
-                except BaseException as exc:
+                except Exception as exc:  # every batch of this commit fails with it
                     for *_, f in pending:
-                        if not f.done():
-                            f.set_exception(exc)
+                        f.set_exception(exc)
+                except BaseException:  # cancelled: so are the batches waiting on this commit
+                    for *_, f in pending:
+                        f.cancel()
                     raise
-                self.commits += 1
-                for (*_, f), result in zip(pending, results):
-                    f.set_result(result)
+                else:
+                    self.commits += 1
+                    for (*_, f), result in zip(pending, results):
+                        f.set_result(result)
         return await fut
 
 

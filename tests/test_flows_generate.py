@@ -241,3 +241,45 @@ def test_evol_instruct_rounds_through_the_flow(tmp_path, monkeypatch):
             UNION ALL SELECT i.id, i.parent_id, i.round FROM instructions i JOIN chain c ON i.id = c.parent_id)
         SELECT min(round) AS first FROM chain""")
     assert chain[0]["first"] == 0  # every chain goes back to a seed instruction
+
+
+def test_batches_finishing_during_a_commit_go_together_in_the_next_one(monkeypatch):
+    """The committer: one commit at a time; batches queued meanwhile share the next commit,
+    each gets its own result back, and a failed commit fails every batch in it."""
+    import threading
+
+    import flows.generate as generate
+
+    commits: list[list[str]] = []
+    release = {"a": threading.Event(), "x": threading.Event()}
+
+    def store_double(ctx, batches):  # stands in for the database commit (timing and faults)
+        names = [items[0] for items, _records in batches]
+        commits.append(names)
+        if names[0] in release:
+            release[names[0]].wait(5)  # a slow commit: the next batches queue behind it
+        if "bad" in names:
+            raise RuntimeError("disk full")
+        return [({name}, f"outcome of {name}") for name in names]
+
+    monkeypatch.setattr(generate, "_judge_and_store", store_double)
+
+    async def behind(committer, slow: str, names: tuple[str, ...]):
+        first = asyncio.ensure_future(committer.commit([slow], []))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.ensure_future(committer.commit([name], [])) for name in names]
+        await asyncio.sleep(0.05)
+        release[slow].set()
+        return await asyncio.gather(first, *queued, return_exceptions=True)
+
+    async def main():
+        committer = generate._Committer(ctx=None)
+        results = await behind(committer, "a", ("b", "c"))
+        errors = await behind(committer, "x", ("bad", "d"))
+        return results, errors, committer.commits
+
+    results, errors, n = asyncio.run(main())
+    assert commits == [["a"], ["b", "c"], ["x"], ["bad", "d"]] and n == 3
+    assert results == [({"a"}, "outcome of a"), ({"b"}, "outcome of b"), ({"c"}, "outcome of c")]
+    assert errors[0] == ({"x"}, "outcome of x")
+    assert all(isinstance(e, RuntimeError) and "disk full" in str(e) for e in errors[1:])

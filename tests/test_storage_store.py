@@ -188,6 +188,23 @@ def test_write_context_commits_and_rolls_back(store):
     assert store.query("SELECT status FROM runs") == [{"status": "done"}]
 
 
+def test_steps_inside_write_share_its_transaction(store):
+    """ingest / query / a nested write() inside write() on the same thread join its
+    transaction: one database open, all committed or all rolled back together."""
+    with store.write():
+        store.ingest([Run(id="a", flow="x")])
+        with store.write() as con:  # nested: the same connection, no commit of its own
+            con.execute("UPDATE runs SET status = 'inner' WHERE id = 'a'")
+        assert store.query("SELECT status FROM runs") == [{"status": "inner"}]
+        assert store.merge_journal() == 0  # the block merged the journal when it began
+    assert store.query("SELECT id, status FROM runs") == [{"id": "a", "status": "inner"}]
+    with pytest.raises(RuntimeError):
+        with store.write():
+            store.ingest([Run(id="b", flow="x")])
+            raise RuntimeError("boom")
+    assert [r["id"] for r in store.query("SELECT id FROM runs")] == ["a"]
+
+
 def test_training_runs_and_evaluations_defaults(store):
     with store.write() as con:
         con.execute(

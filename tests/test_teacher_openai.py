@@ -38,10 +38,11 @@ CASES = {
 }
 
 
-def test_every_request_completes_or_fails_with_its_reason(fake_openai, store):
+@pytest.mark.parametrize("http_client", ["aiohttp", "httpx"])
+def test_every_request_completes_or_fails_with_its_reason(fake_openai, store, http_client):
     for prompt, (faults, *_rest) in CASES.items():
         fake_openai.set_faults(prompt, faults)
-    teacher = LedgeredTeacher(make_teacher(fake_openai, timeout_s=0.3), store, run_id="r1")
+    teacher = LedgeredTeacher(make_teacher(fake_openai, timeout_s=0.3, http_client=http_client), store, run_id="r1")
     requests = [ChatRequest.chat(p, max_tokens=50) for p in CASES]
     done = teacher.generate(requests)
 
