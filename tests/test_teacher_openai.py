@@ -246,3 +246,30 @@ def test_missing_key_variable_is_a_clear_error(monkeypatch):
     config = TeacherConfig(backend="openai", model="m", api_key_env="DISTILL_NO_SUCH_KEY")
     with pytest.raises(TeacherError, match="DISTILL_NO_SUCH_KEY"):
         build_teacher(config)
+
+
+@pytest.mark.prefect
+def test_api_key_from_a_prefect_secret_block(prefect_harness, fake_openai, store, tmp_path, caplog):
+    """A real Secret block on the test Prefect API: the key is used, and stays out of the
+    config (the flows' Prefect parameters), the database, the journal, logs and errors."""
+    from prefect.blocks.system import Secret
+
+    from storage.errors import TeacherError
+
+    key = SECRET + "-block"
+    Secret(value=key).save("distill-test-key", overwrite=True)
+    caplog.set_level(logging.DEBUG)
+    config = TeacherConfig(backend="openai", model="fake-model", base_url=fake_openai.url,
+                           prefect_secret="distill-test-key")
+    teacher = build_teacher(config, store=store, run_id="r-block")
+    done = teacher.generate([ChatRequest.chat("fine")])
+
+    assert done[0].ok
+    assert fake_openai.hits[-1].headers["authorization"] == f"Bearer {key}"
+    assert key not in config.model_dump_json() and key not in caplog.text and key not in repr(teacher)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
+    missing = TeacherConfig(backend="openai", model="m", prefect_secret="no-such-block")
+    with pytest.raises(TeacherError, match="cannot load Prefect Secret block 'no-such-block'"):
+        missing.resolve_api_key()
