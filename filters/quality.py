@@ -113,22 +113,21 @@ def check_repetition(text: str, *, max_ratio: float = 0.3, n: int = 3) -> Decisi
 _MIN_CHARS_FOR_ALPHA = 16
 
 
-def _letters_and_chars(text: str) -> tuple[int, int]:
-    """(letters, non-whitespace characters) of ``text``; C loops, not per-character Python.
-    ``str.split()`` splits on exactly the characters ``str.isspace`` accepts."""
-    return sum(map(str.isalpha, text)), sum(map(len, text.split()))
+def _alpha_ratio_and_chars(text: str) -> tuple[float, int]:
+    """(letter share, non-whitespace characters) of ``text``, counted in C loops, not per
+    character in Python. ``str.split()`` splits on exactly what ``str.isspace`` accepts."""
+    chars = sum(map(len, text.split()))
+    return (sum(map(str.isalpha, text)) / chars if chars else 1.0), chars
 
 
 def alpha_ratio(text: str) -> float:
     """Share of letters (any script) among the non-whitespace characters (1.0 if none)."""
-    letters, chars = _letters_and_chars(text)
-    return letters / chars if chars else 1.0
+    return _alpha_ratio_and_chars(text)[0]
 
 
 def check_non_text(text: str, *, min_alpha_ratio: float = 0.3) -> Decision:
     """Drop (``'non_text'``) texts that are mostly symbols/digits; short texts pass."""
-    letters, chars = _letters_and_chars(text)
-    ratio = letters / chars if chars else 1.0
+    ratio, chars = _alpha_ratio_and_chars(text)
     long_enough = chars >= _MIN_CHARS_FOR_ALPHA
     return Decision.drop("non_text", ratio) if long_enough and ratio < min_alpha_ratio else Decision.keep(ratio)
 

@@ -22,7 +22,8 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -76,6 +77,8 @@ SELECT len(string_split(trim(s.instruction), ' ')) AS instruction_words,
 FROM sample_view s
 WHERE s.run_id = '{run_id}'
   AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.sample_id AND NOT d.kept)"""
+
+T = TypeVar("T")
 
 CONSECUTIVE_FAILED_BATCHES = 3  # all-failed batches in a row before the run gives up on the teacher
 
@@ -213,10 +216,6 @@ def _judge_and_store(ctx: _Context, batches: list[tuple[list[SampleItem], list]]
     ``batches`` are judged in order, each as a unit (the filters' pools grow between
     them). A sample another run already stored is that run's (an exact duplicate of it):
     it is neither judged again here (its decisions are that run's) nor counted as kept.
-    The check, the decisions and the rows go through one connection (with the ledger's
-    journal merged in the same commit); if the database is busy (another process, or a
-    reader waiting), the check reads when it can and the rows go through ``ingest``,
-    which spools them to the journal rather than wait.
     """
     store = ctx.store
     ids = [i.sample_id for items, _ in batches for i in items]
@@ -231,23 +230,30 @@ def _judge_and_store(ctx: _Context, batches: list[tuple[list[SampleItem], list]]
     def rows(results: list[tuple[set[str], FilterOutcome]]) -> list:
         return [r for (_, records), (_, outcome) in zip(batches, results) for r in (*records, *outcome.records)]
 
+    def judge_and_store() -> list[tuple[set[str], FilterOutcome]]:
+        others = {r["id"] for r in store.query(OTHER_RUNS_SAMPLES_SQL, [ids, ctx.run_id])} if ids else set()
+        results = judge(others)
+        store.ingest(rows(results))
+        return results
+
+    return _in_one_commit(store, judge_and_store)
+
+
+def _in_one_commit(store: Store, steps: Callable[[], T]) -> T:
+    """``steps()`` inside one ``store.write()`` block, so its queries and ingests share one
+    database open and one commit (with the journal merged in it). If the database is busy
+    (another process past ``lock_timeout``, or a reader waiting), ``steps()`` runs on its
+    own instead: its reads wait for the lock and its ingests spool to the journal."""
     if not store.readers_waiting():
         opened = False
         try:
-            with store.write(timeout=store.lock_timeout) as con:
+            with store.write(timeout=store.lock_timeout):
                 opened = True
-                others = ({row[0] for row in con.execute(OTHER_RUNS_SAMPLES_SQL, [ids, ctx.run_id]).fetchall()}
-                          if ids else set())
-                results = judge(others)
-                store.insert(con, rows(results))
-            return results
+                return steps()
         except DatabaseLockedError:
-            if opened:
+            if opened:  # raised by the steps themselves, not by opening the file
                 raise
-    others = {r["id"] for r in store.query(OTHER_RUNS_SAMPLES_SQL, [ids, ctx.run_id])} if ids else set()
-    results = judge(others)
-    store.ingest(rows(results))
-    return results
+    return steps()
 
 
 def _instruction_text(result: BatchResult, sample) -> tuple[str, str]:
@@ -525,13 +531,12 @@ def _finish(store: Store, run: Any, summary: dict[str, Any]) -> dict[str, Any]:
     run_id = run.id
     sql = {"kept": KEPT_SQL.format(run_id=run_id).strip(), "requests": REQUESTS_SQL.format(run_id=run_id),
            "drops": DROPS_SQL.format(run_id=run_id).strip(), "lengths": LENGTHS_SQL.format(run_id=run_id).strip()}
-    try:
-        with store.write(timeout=store.lock_timeout):
-            finish_run(store, run, summary["status"], summary)
-            return {"sql": sql, **{name: store.query(q) for name, q in sql.items()}}
-    except DatabaseLockedError:  # busy: the outcome is spooled; the report reads when it can
+
+    def finish() -> dict[str, Any]:
         finish_run(store, run, summary["status"], summary)
         return {"sql": sql, **{name: store.query(q) for name, q in sql.items()}}
+
+    return _in_one_commit(store, finish)
 
 
 def _publish_counts(run_name: str, s: dict[str, Any]) -> None:

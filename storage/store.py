@@ -593,13 +593,10 @@ class Store:
         writer cannot starve readers) and ``result.spooled`` is True: it is durable
         when this returns and lands in the database at the next successful commit.
         """
-        batches = _group_by_table(records)
         con = getattr(self._local, "write_con", None)
         if con is not None:  # inside write() on this thread: part of its transaction
-            result = IngestResult()
-            for batch in batches:
-                self._insert(con, batch, result)
-            return result
+            return self.insert(con, records)
+        batches = _group_by_table(records)
         try:
             if self.readers_waiting():  # let the reader in; this batch is merged later
                 raise DatabaseLockedError("a reader is waiting")

@@ -92,8 +92,8 @@ class TeacherConfig(BaseModel):
     extra_body: dict[str, Any] = Field(
         default_factory=dict, description="Extra JSON fields for every request (e.g. vLLM's top_k).")
     http_client: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", description="HTTP stack under the openai client: aiohttp (the SDK's aiohttp backend, about "
-        "half the CPU per request at high concurrency) or httpx (the SDK's default).")
+        "aiohttp", description="HTTP stack under the openai client: aiohttp (the SDK's aiohttp backend; less "
+        "client CPU per request at high concurrency, see BENCHMARKS.md) or httpx (the SDK's default).")
     defaults: SamplingParams = Field(
         default_factory=SamplingParams, description="Sampling params for fields a request leaves unset.")
     vllm: VLLMOptions | None = Field(None, description="vllm backend: how to start the server.")
@@ -198,19 +198,19 @@ def build_teacher(config: TeacherConfig, store: Any = None, run_id: str | None =
     teacher: Teacher
     common = dict(concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm, timeout_s=config.timeout_s,
                   max_retries=config.max_retries, backoff_base_s=config.backoff_base_s,
-                  backoff_max_s=config.backoff_max_s, extra_body=config.extra_body, defaults=config.defaults)
-    http = dict(http_client=config.http_client)
+                  backoff_max_s=config.backoff_max_s, extra_body=config.extra_body, defaults=config.defaults,
+                  http_client=config.http_client)
     if config.backend == "openai":
         from generators.teachers.openai_backend import OpenAITeacher
 
         assert config.model is not None
         teacher = OpenAITeacher(config.model, base_url=config.base_url, api_key=config.resolve_api_key(),
-                                **common, **http)
+                                **common)
     elif config.backend == "vllm":
         from generators.teachers.vllm_backend import VLLMTeacher
 
         teacher = VLLMTeacher(model=config.model, base_url=config.base_url, options=config.vllm or VLLMOptions(),
-                              api_key=config.resolve_api_key(), **common, **http)
+                              api_key=config.resolve_api_key(), **common)
     elif config.backend == "transformers":
         from generators.teachers.transformers_backend import TransformersTeacher
 

@@ -155,17 +155,19 @@ class LedgeredTeacher(Teacher):
     def prefetch_keys(self) -> None:
         """Read the ledger's ok keys for this model now (``prefetch``), e.g. inside a caller's
         ``store.write()`` block so it costs no database open of its own."""
-        with self._prefetch_lock:
-            self._known = self._ok_keys()
-            self._known_at = time.monotonic()
+        self._refresh_known(force=True)
+
+    def _refresh_known(self, *, force: bool = False) -> set[str]:
+        with self._prefetch_lock:  # batches starting together read the keys once
+            if force or self._known is None or time.monotonic() - self._known_at > self.prefetch_refresh_s:
+                self._known = self._ok_keys()
+                self._known_at = time.monotonic()
+            return self._known
 
     def _prepare(self, keys: list[str]) -> dict[str, Completion]:
         if self.prefetch:
-            with self._prefetch_lock:  # batches starting together read the keys once
-                if self._known is None or time.monotonic() - self._known_at > self.prefetch_refresh_s:
-                    self._known = self._ok_keys()
-                    self._known_at = time.monotonic()
-            keys = [k for k in keys if k in self._known]  # the others are not in the ledger
+            known = self._refresh_known()
+            keys = [k for k in keys if k in known]  # the others are not in the ledger
         # Build one throw-away Arrow batch first: the first conversion imports pandas
         # (~0.5 s), and a result must not wait that long to become durable.
         if not self._warm:

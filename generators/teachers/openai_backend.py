@@ -117,8 +117,8 @@ class OpenAITeacher(Teacher):
         if self._client is None or self._loop is not loop:
             self._loop = loop
             # aiohttp: the SDK's documented backend for high concurrency. httpx's connection
-            # pool inspects every pooled connection on every request, which at 64 connections
-            # costs as much CPU as the rest of the request.
+            # pool inspects every pooled connection on every request; bench_teacher.py's
+            # httpx row measures the difference.
             http = openai.DefaultAioHttpClient() if self.http_client == "aiohttp" else None
             self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.__api_key,
                                               max_retries=0, timeout=self.timeout_s, http_client=http)
@@ -171,8 +171,8 @@ class OpenAITeacher(Teacher):
         ``client.post`` (the client's documented way to call an endpoint) rather than
         ``chat.completions.create``: the same auth, headers, timeout and error classes,
         without walking our plain-dict body through the SDK's TypedDict transform or
-        building response models we would only flatten again. Together those are about a
-        fifth of the client's CPU per request, which at high concurrency is the limit.
+        building response models we would only flatten again (client CPU per request is
+        the limit at high concurrency; see bench_teacher.py).
         """
         path = "/chat/completions" if request.kind == "chat" else "/completions"
         try:
