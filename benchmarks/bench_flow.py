@@ -15,6 +15,9 @@ fresh prompts so nothing is served from the ledger) and a fresh, migrated databa
   table and report artifacts. The Prefect API (a local temporary server) is up before
   timing, as it is for a flow run on a server or after ephemeral start-up.
 
+The two sides run alternately, ``--rounds`` times each, and the medians are compared (one
+round of each swings by 10% on a shared 2-vCPU machine).
+
 Target: flow >= 0.9 x the teacher layer's samples/s. Prints markdown table rows:
 | benchmark | measurement | value | notes | machine | command |.
 """
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -97,11 +101,16 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=100, help="requests per Prefect task")
     parser.add_argument("--inflight", type=int, default=3, help="batches in flight")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating teacher/flow rounds; the medians are reported")
     parser.add_argument("--no-header", dest="header", action="store_false", help="rows only")
     args = parser.parse_args()
     command = "python benchmarks/bench_flow.py " + " ".join(sys.argv[1:])
     from prefect.testing.utilities import prefect_test_harness
 
+    teacher_s: list[float] = []
+    flow_s: list[float] = []
+    loop_s: list[float] = []
     with spawn_fake_server(args.latency) as url, tempfile.TemporaryDirectory() as tmp, \
             prefect_test_harness(server_startup_timeout=180):
         tmp = Path(tmp)
@@ -109,20 +118,29 @@ def main() -> None:
         teacher_layer(url, args.concurrency, _instructions(tmp / "wt.jsonl", "warm-t", 64), tmp / "wt.duckdb")
         flow(url, args.concurrency, _instructions(tmp / "wf.jsonl", "warm-f", 64), tmp / "wf.duckdb", 64,
              args.batch_size, args.inflight, "warm")
-        t_s = teacher_layer(url, args.concurrency, _instructions(tmp / "t.jsonl", "teacher", args.n), tmp / "t.duckdb")
-        f_s, out = flow(url, args.concurrency, _instructions(tmp / "f.jsonl", "flow", args.n), tmp / "f.duckdb",
-                        args.n, args.batch_size, args.inflight, "bench")
+        # Side by side, alternating: a slow spell of the machine hits both sides alike.
+        for r in range(args.rounds):
+            teacher_s.append(teacher_layer(url, args.concurrency, _instructions(tmp / f"t{r}.jsonl", f"teacher{r}",
+                                                                                args.n), tmp / f"t{r}.duckdb"))
+            f_s, out = flow(url, args.concurrency, _instructions(tmp / f"f{r}.jsonl", f"flow{r}", args.n),
+                            tmp / f"f{r}.duckdb", args.n, args.batch_size, args.inflight, f"bench{r}")
+            flow_s.append(f_s)
+            loop_s.append(out["elapsed_s"])
+    t_s, f_s = statistics.median(teacher_s), statistics.median(flow_s)
     t_rate, f_rate = args.n / t_s, args.n / f_s
+    ratios = ", ".join(f"{t / f:.2f}" for t, f in zip(teacher_s, flow_s))
     limit = args.concurrency / args.latency
     where = machine()
     if args.header:
         print(HEADER)
     label = f"generate flow, fake server {args.latency * 1000:.0f} ms, c={args.concurrency}"
     rows = [
-        ("teacher layer alone (ledger + DuckDB)", f"{t_rate:.0f} samples/s", f"{args.n} requests in {t_s:.2f}s"),
+        ("teacher layer alone (ledger + DuckDB)", f"{t_rate:.0f} samples/s",
+         f"{args.n} requests in {t_s:.2f}s (median of {args.rounds})"),
         (f"generate flow (tasks of {args.batch_size}, {args.inflight} in flight)", f"{f_rate:.0f} samples/s",
-         f"**{f_rate / t_rate:.2f}x the teacher layer** (target >= 0.9); {args.n} kept in {f_s:.2f}s, "
-         f"batch loop {out['elapsed_s']:.2f}s, rest = flow start, runs row, artifacts, report"),
+         f"**{f_rate / t_rate:.2f}x the teacher layer** (target >= 0.9; rounds: {ratios}); {args.n} kept in "
+         f"{f_s:.2f}s (median), batch loop {statistics.median(loop_s):.2f}s, rest = flow start, runs row, "
+         "artifacts, report"),
         ("physical limit", f"{limit:.0f} samples/s", f"concurrency {args.concurrency} / latency {args.latency}s"),
     ]
     for name, value, notes in rows:

@@ -9,6 +9,12 @@ table per batch, fsynced and renamed into place) that the next successful commit
 Content keys plus ``ON CONFLICT`` make every replay of the journal harmless. A reader
 kept waiting leaves a marker that makes ingest spool, so a busy writer cannot starve it.
 
+A process that commits every few hundred milliseconds (the generate flow) may ask to keep
+the file open between its commits (``Store(keep_open_s=...)``): opening a DuckDB file
+builds a whole database instance, tens of milliseconds of CPU each time. The kept file is
+let go when that time passes with no commit, as soon as another process waits for it
+(readers and writers leave markers while they retry), and on ``Store.release()``.
+
     store = Store("distillery.duckdb")
     result = store.ingest([instruction, sample])     # IngestResult(new=..., duplicate=...)
     rows = store.query("SELECT method, count(*) AS n FROM instructions GROUP BY 1")
@@ -18,6 +24,7 @@ kept waiting leaves a marker that makes ingest spool, so a busy writer cannot st
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.metadata
 import logging
@@ -145,6 +152,7 @@ _RECORD_TYPES: dict[str, type[Record]] = {cls.__table__: cls for cls in ALL_RECO
 _TABLE_META = b"distillery.table"  # Arrow schema metadata naming a journal segment's table
 _STALE_TMP_S = 600  # a half-written journal file older than this belonged to a dead writer
 _READER_MARKER_TTL_S = 2.0  # a waiting reader refreshes its marker far more often than this
+_KEEPER_POLL_S = 0.02  # how often a kept-open file checks for processes waiting for it
 
 
 # --- small public helpers -------------------------------------------------------------
@@ -389,6 +397,77 @@ def _process_lock(path: Path, timeout: float) -> Iterator[None]:
         lock.release()
 
 
+class _Keeper:
+    """Keeps database files open between the commits of ``Store(keep_open_s=...)``.
+
+    ``duckdb.connect`` builds a database instance (its catalog of built-in functions:
+    about 25 ms of CPU) unless this process already has the file open, and closing the
+    last connection checkpoints. While a file is kept here, a commit's connect and close
+    cost nothing. One daemon thread lets a file go when its time is up or another process
+    waits for it; it closes the file (and checkpoints) holding the process lock, so no
+    Store call of this process is using the file meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[Path, tuple[duckdb.DuckDBPyConnection, float, "Store"]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, store: "Store", con: duckdb.DuckDBPyConnection, seconds: float) -> None:
+        """Keep ``con``'s database open ``seconds`` more. The caller holds the process lock."""
+        with self._lock:
+            held = self._held.get(store.path)
+            # A connection of its own (a cursor would close with ``con``); opened while ``con``
+            # is, it joins the same database instance at no cost.
+            handle = held[0] if held is not None else duckdb.connect(str(store.path))
+            self._held[store.path] = (handle, time.monotonic() + seconds, store)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="distillery-db-keeper", daemon=True)
+                self._thread.start()
+
+    def release(self, path: Path, timeout: float) -> None:
+        """Close the kept file now (waiting for this process's current use of it)."""
+        if path in self._held:
+            with _process_lock(path, timeout):
+                self._close(path)
+
+    def release_all(self) -> None:
+        for path in list(self._held):
+            try:
+                self.release(path, 5.0)
+            except DatabaseLockedError:
+                pass  # a commit is still running at exit; its file closes with the process
+
+    def _close(self, path: Path) -> None:
+        with self._lock:
+            held = self._held.pop(path, None)
+        if held is not None:
+            held[0].close()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(_KEEPER_POLL_S)
+            with self._lock:
+                if not self._held:
+                    self._thread = None
+                    return
+                held = list(self._held.items())
+            now = time.monotonic()
+            for path, (_, deadline, store) in held:
+                if now < deadline and not store.others_waiting():
+                    continue
+                lock = _process_locks[path]
+                if lock.acquire(blocking=False):  # busy: in use now, let go at the next poll
+                    try:
+                        self._close(path)
+                    finally:
+                        lock.release()
+
+
+_keeper = _Keeper()
+atexit.register(_keeper.release_all)
+
+
 def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | None = None) -> Any:
     """The single value a query returns. Fetches the whole (one-row) result: DuckDB
     refuses new work on a connection whose previous result was not read to the end."""
@@ -400,7 +479,8 @@ def _is_lock_error(err: Exception) -> bool:
 
 
 class Store:
-    """The DuckDB database file and its journal. Cheap to create; holds no open file.
+    """The DuckDB database file and its journal. Cheap to create; holds no open file
+    (unless ``keep_open_s`` asks it to keep one between commits).
 
     Args:
         path: the database file (see ``default_db_path()``); created on first write.
@@ -408,6 +488,9 @@ class Store:
         write_timeout: seconds ``write()``/``init()``/``merge_journal()`` wait for it
             (they cannot spool) before raising ``DatabaseLockedError``.
         read_timeout: seconds a read waits for a writer to let go before raising.
+        keep_open_s: keep the file open this long after each commit, so the next one does
+            not open it again (0: close it at once). Another process waiting for the file
+            gets it within tens of milliseconds; ``release()`` closes it now.
     """
 
     def __init__(
@@ -417,10 +500,13 @@ class Store:
         lock_timeout: float = 1.0,
         write_timeout: float = 30.0,
         read_timeout: float = 30.0,
+        keep_open_s: float = 0.0,
     ) -> None:
         self.path = default_db_path(path).resolve()
         self.journal_dir = self.path.with_name(self.path.name + ".journal")
         self.readers_dir = self.journal_dir / "readers"  # markers of readers waiting for the lock
+        self.writers_dir = self.journal_dir / "writers"  # markers of writers waiting for it
+        self.keep_open_s = keep_open_s
         self.lock_timeout = lock_timeout
         self.write_timeout = write_timeout
         self.read_timeout = read_timeout
@@ -460,35 +546,48 @@ class Store:
                             f"database {self.path} is locked by another process "
                             f"(waited {timeout:g}s): {str(err).splitlines()[0]}"
                         ) from err
-                    if read_only:
-                        marker = self._mark_reader_waiting(marker)
+                    # Readers' markers also make ingest spool; writers' only free a kept file.
+                    marker = self._mark_waiting(self.readers_dir if read_only else self.writers_dir, marker)
                     time.sleep(delay)
                     delay = min(delay * 2, 0.05)
         finally:
             if marker is not None:
                 marker.unlink(missing_ok=True)
 
-    def _mark_reader_waiting(self, marker: Path | None) -> Path:
+    @staticmethod
+    def _mark_waiting(directory: Path, marker: Path | None) -> Path:
         if marker is None:
-            self.readers_dir.mkdir(parents=True, exist_ok=True)
-            marker = self.readers_dir / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            directory.mkdir(parents=True, exist_ok=True)
+            marker = directory / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             marker.touch()
         else:
             os.utime(marker)  # still waiting: keep the marker fresh
         return marker
 
-    def readers_waiting(self) -> bool:
-        """Whether a reader in some process is waiting for the lock right now."""
-        if not self.readers_dir.is_dir():
+    @staticmethod
+    def _fresh_marker(directory: Path) -> bool:
+        if not directory.is_dir():
             return False
         fresh_after = time.time() - _READER_MARKER_TTL_S
-        for marker in self.readers_dir.iterdir():
+        for marker in directory.iterdir():
             try:
                 if marker.stat().st_mtime > fresh_after:
                     return True
             except FileNotFoundError:
-                pass  # that reader just got in
+                pass  # that one just got in
         return False
+
+    def readers_waiting(self) -> bool:
+        """Whether a reader in some process is waiting for the lock right now."""
+        return self._fresh_marker(self.readers_dir)
+
+    def others_waiting(self) -> bool:
+        """Whether a reader or a writer in another process is waiting for the file."""
+        return self._fresh_marker(self.readers_dir) or self._fresh_marker(self.writers_dir)
+
+    def release(self) -> None:
+        """Close the file if this process keeps it open (``keep_open_s``); a no-op otherwise."""
+        _keeper.release(self.path, self.write_timeout)
 
     def _open_error(self, err: Exception) -> DatabaseError:
         msg = str(err).splitlines()[0]
@@ -517,7 +616,8 @@ class Store:
 
     @contextmanager
     def _writing(self, timeout: float) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A migrated read-write connection held for one commit, then closed."""
+        """A migrated read-write connection held for one commit, then closed (the file
+        stays open ``keep_open_s`` longer if asked)."""
         with _process_lock(self.path, timeout):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = self._connect(read_only=False, timeout=timeout)
@@ -526,6 +626,8 @@ class Store:
                     self._migrate(con)
                 yield con
             finally:
+                if self.keep_open_s > 0:
+                    _keeper.keep(self, con, self.keep_open_s)
                 con.close()
 
     # -- schema ------------------------------------------------------------------------

@@ -152,3 +152,76 @@ def test_threads_of_one_process_share_a_store(store):
         list(pool.map(work, range(24)))
     store.merge_journal()
     assert store.table_counts()["instructions"] == 12 * 20 + 1
+
+
+# Reads the store from another process (a Store, so it leaves a "waiting" marker) and
+# prints what it found and how long it waited for the file.
+READ_COUNT = textwrap.dedent(
+    """
+    import sys, time
+    from storage.store import Store
+    started = time.monotonic()
+    n = Store(sys.argv[1], read_timeout=20).query("SELECT count(*) AS n FROM instructions")[0]["n"]
+    print(n, round(time.monotonic() - started, 3), flush=True)
+    """
+)
+# Opens the file with plain DuckDB (no marker), retrying: how long until it is free.
+PLAIN_OPEN = textwrap.dedent(
+    """
+    import sys, time, duckdb
+    started = time.monotonic()
+    while True:
+        try:
+            duckdb.connect(sys.argv[1], read_only=True).close()
+            break
+        except duckdb.Error:
+            time.sleep(0.02)
+    print(round(time.monotonic() - started, 3), flush=True)
+    """
+)
+
+
+def _is_open_here(path: Path) -> bool:
+    """Whether this process holds the file (another process cannot open it then)."""
+    probe = _python("import sys, duckdb\ntry:\n    duckdb.connect(sys.argv[1], read_only=True).close()\n"
+                    "    print('free')\nexcept duckdb.Error:\n    print('held')", str(path), stdout=subprocess.PIPE)
+    out, _ = probe.communicate(timeout=60)
+    return out.strip() == "held"
+
+
+def test_kept_open_file_is_reused_and_let_go_when_another_process_waits(tmp_path):
+    store = Store(tmp_path / "kept.duckdb", keep_open_s=30)
+    store.ingest(_batch("kept", 5))
+    assert _is_open_here(store.path)  # kept open after the commit
+    # Later commits reuse the open file: the same kept handle, no new database instance.
+    from storage import store as store_module
+
+    handle = store_module._keeper._held[store.path][0]
+    for i in range(3):
+        store.ingest(_batch(f"more {i}", 5))
+    assert store_module._keeper._held[store.path][0] is handle
+    assert store.query("SELECT count(*) AS n FROM instructions") == [{"n": 20}]
+
+    # A reader in another process leaves a marker; the file is let go for it at once,
+    # not after keep_open_s.
+    reader = _python(READ_COUNT, str(store.path), stdout=subprocess.PIPE)
+    out, _ = reader.communicate(timeout=60)
+    count, waited = out.split()
+    assert int(count) == 20 and float(waited) < 5
+    assert not _is_open_here(store.path)
+    # The next commit keeps it again; release() closes it now.
+    store.ingest(_batch("after", 5))
+    assert _is_open_here(store.path)
+    store.release()
+    assert not _is_open_here(store.path)
+    assert Store(store.path).table_counts()["instructions"] == 25
+
+
+def test_kept_open_file_is_let_go_after_keep_open_s(tmp_path):
+    store = Store(tmp_path / "linger.duckdb", keep_open_s=0.5)
+    store.ingest(_batch("x", 3))
+    # Plain DuckDB leaves no marker: it gets the file when the time is up.
+    opener = _python(PLAIN_OPEN, str(store.path), stdout=subprocess.PIPE)
+    out, _ = opener.communicate(timeout=60)
+    assert float(out) < 10
+    assert not _is_open_here(store.path)
