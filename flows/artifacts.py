@@ -55,6 +55,16 @@ def _safely(what: str, fn, *args, **kwargs):
         return None
 
 
+async def _asafely(what: str, fn, *args, **kwargs):
+    """``_safely`` for async code: the call goes through the event loop's own API client
+    (a sync call from a worker thread builds a client, TLS context and all, every time)."""
+    try:
+        return await fn(*args, _sync=False, **kwargs)
+    except Exception as exc:
+        log.warning("could not publish %s artifact: %s", what, exc)
+        return None
+
+
 class Progress:
     """A progress artifact (0-100 %) with throttled updates.
 
@@ -114,10 +124,20 @@ class Progress:
         self.update(1, 1, description)
 
 
+def _count_rows(counts: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [{"count": name, "value": value} for name, value in counts.items()]
+
+
 def publish_counts(key: str, counts: Mapping[str, Any], description: str = "Counts") -> UUID | None:
     """A two-column table artifact (count, value) in the order given."""
-    rows = [{"count": name, "value": value} for name, value in counts.items()]
-    return _safely("table", create_table_artifact, rows, key=artifact_key(key), description=description)
+    return _safely("table", create_table_artifact, _count_rows(counts), key=artifact_key(key),
+                   description=description)
+
+
+async def apublish_counts(key: str, counts: Mapping[str, Any], description: str = "Counts") -> UUID | None:
+    """``publish_counts`` from async code."""
+    return await _asafely("table", create_table_artifact, _count_rows(counts), key=artifact_key(key),
+                          description=description)
 
 
 def publish_table(key: str, rows: Sequence[Mapping[str, Any]], description: str) -> UUID | None:
@@ -274,6 +294,11 @@ class Report:
     def publish(self, key: str, description: str | None = None) -> UUID | None:
         return _safely("markdown", create_markdown_artifact, self.markdown(), key=artifact_key(key),
                        description=description or self.title)
+
+    async def apublish(self, key: str, description: str | None = None) -> UUID | None:
+        """``publish`` from async code."""
+        return await _asafely("markdown", create_markdown_artifact, self.markdown(), key=artifact_key(key),
+                              description=description or self.title)
 
 
 def _sql_block(sql: str) -> str:

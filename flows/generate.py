@@ -377,16 +377,19 @@ async def generate_flow(
             await counting.aclose()
 
     summary.update(run_id=run.id, run_name=run_name, method=generate.method, teacher=teacher_model)
-    # The run's row, the last ledger rows (merged by this commit) and the report's numbers:
-    # one database open.
-    # The counts table and the funnel need only the summary: they go out while that commits.
-    data, funnel, _ = await asyncio.gather(
-        asyncio.to_thread(_finish, store, run, summary),
-        asyncio.to_thread(artifacts.funnel_chart, _funnel_stages(summary)),
-        asyncio.to_thread(_publish_counts, run_name, summary))
-    # The database is done with: close it (and checkpoint) while the report goes out.
-    await asyncio.gather(asyncio.to_thread(_publish_report, data, funnel, run.id, run_name, summary),
-                         asyncio.to_thread(store.release))
+    # One thread records the outcome and reads the report's numbers (one commit, which also
+    # merges the last ledger rows), then draws the lengths; another draws the funnel, which
+    # needs only the summary; the counts table goes out meanwhile, on the loop's API client.
+    try:
+        (data, lengths), funnel, _ = await asyncio.gather(
+            asyncio.to_thread(_finish_and_draw, store, run, summary),
+            asyncio.to_thread(artifacts.funnel_chart, _funnel_stages(summary)),
+            _publish_counts(run_name, summary))
+        # The database is done with: it closes (and checkpoints) while the report goes out.
+        await asyncio.gather(_report(data, funnel, lengths, run.id, run_name, summary).apublish(
+            artifacts.artifact_key("generate", run_name, "report")), asyncio.to_thread(store.release))
+    finally:
+        await asyncio.to_thread(store.release)  # a no-op unless the finish failed
     logger.info("generate %s: %s", run_name, summary["message"])
     return summary
 
@@ -547,13 +550,21 @@ def _finish(store: Store, run: Any, summary: dict[str, Any]) -> dict[str, Any]:
     return _in_one_commit(store, finish)
 
 
-def _publish_counts(run_name: str, s: dict[str, Any]) -> None:
+def _finish_and_draw(store: Store, run: Any, summary: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    data = _finish(store, run, summary)
+    rows = data["lengths"]
+    return data, artifacts.length_histogram(
+        {"instruction": [x["instruction_words"] for x in rows], "response": [x["response_words"] for x in rows]},
+        title="Kept samples: length in words")
+
+
+async def _publish_counts(run_name: str, s: dict[str, Any]) -> None:
     counts = {"target": s["target"], "requested": s["requested"], "sent to teacher": s["sent"],
               "served from ledger": s["cached"], "failed": s["failed"], "samples": s["samples"],
               "duplicates of other runs": s["duplicates_of_other_runs"], "kept": s["kept"]}
     counts.update({f"dropped by {k}": v for k, v in s["dropped"].items()})
-    artifacts.publish_counts(artifacts.artifact_key("generate", run_name, "counts"), counts,
-                             f"Generation counts for run {run_name}")
+    await artifacts.apublish_counts(artifacts.artifact_key("generate", run_name, "counts"), counts,
+                                    f"Generation counts for run {run_name}")
 
 
 def _funnel_stages(s: dict[str, Any]) -> list[tuple[str, int]]:
@@ -565,7 +576,8 @@ def _funnel_stages(s: dict[str, Any]) -> list[tuple[str, int]]:
     return stages
 
 
-def _publish_report(data: dict[str, Any], funnel: bytes, run_id: str, run_name: str, s: dict[str, Any]) -> None:
+def _report(data: dict[str, Any], funnel: bytes, lengths: bytes, run_id: str, run_name: str,
+            s: dict[str, Any]) -> artifacts.Report:
     sql = data["sql"]
     r = artifacts.Report(f"Generation report: {run_name}")
     r.text(f"**{s['message']}**\n\nMethod `{s['method']}`, teacher `{s['teacher']}`, run id `{run_id}`.")
@@ -575,9 +587,6 @@ def _publish_report(data: dict[str, Any], funnel: bytes, run_id: str, run_name: 
     r.number("tokens used", s["tokens_used"], SPENT_SQL.replace("?", f"'{run_id}'").strip())
     r.heading("Dropped, by filter and reason").table(data["drops"], sql=sql["drops"])
     r.heading("Plots").image("Filter funnel", funnel)
-    rows = data["lengths"]
-    r.image("Lengths of kept samples (words)", artifacts.length_histogram(
-        {"instruction": [x["instruction_words"] for x in rows], "response": [x["response_words"] for x in rows]},
-        title="Kept samples: length in words"))
+    r.image("Lengths of kept samples (words)", lengths)
     r.text(f"Lengths come from:\n\n```sql\n{sql['lengths']}\n```")
-    r.publish(artifacts.artifact_key("generate", run_name, "report"))
+    return r
