@@ -19,6 +19,7 @@ logged and never fails the flow. Keys are slugged to Prefect's alphabet (a-z, 0-
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -81,6 +82,8 @@ class Progress:
         self.value = 0.0
         self._sent_at = 0.0
         self.id: UUID | None = None
+        self._pending: tuple[float, str] | None = None  # the next background update (aupdate)
+        self._sending: asyncio.Future | None = None
         if publish:  # publish=False: the caller awaits ``acreate()`` instead
             self.id = _safely("progress", create_progress_artifact, 0.0, key=self.key, description=description)
 
@@ -110,15 +113,29 @@ class Progress:
                     description=description or self.description)
 
     async def aupdate(self, done: float, total: float, description: str | None = None) -> None:
-        """``update`` from async code (the event loop's own client; nothing blocks)."""
+        """``update`` from async code, sent in the background: the caller never waits on
+        the API (a busy server answers in hundreds of milliseconds, and a flow's batch loop
+        must not stall meanwhile). One call is in flight at a time; the latest value wins.
+        ``aclose()`` waits for the last one."""
         pct = self._due(done, total)
         if pct is None:
             return
-        try:
-            await update_progress_artifact(self.id, pct, description=description or self.description,
-                                           _sync=False)
-        except Exception as exc:
-            log.warning("could not publish progress artifact: %s", exc)
+        self._pending = (pct, description or self.description)
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.ensure_future(self._send_pending())
+
+    async def _send_pending(self) -> None:
+        while self._pending is not None:
+            (pct, description), self._pending = self._pending, None
+            try:
+                await update_progress_artifact(self.id, pct, description=description, _sync=False)
+            except Exception as exc:
+                log.warning("could not publish progress artifact: %s", exc)
+
+    async def aclose(self) -> None:
+        """Wait until the updates given to ``aupdate`` have gone out."""
+        if self._sending is not None:
+            await self._sending
 
     def finish(self, description: str | None = None) -> None:
         self.update(1, 1, description)

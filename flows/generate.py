@@ -368,7 +368,7 @@ async def generate_flow(
     except BaseException:
         if run is not None:
             await asyncio.to_thread(finish_run, store, run, "failed", {})
-        await asyncio.to_thread(store.release)
+        await asyncio.gather(asyncio.to_thread(store.release), progress.aclose())
         raise
     finally:
         if ledgered is not None:
@@ -387,7 +387,8 @@ async def generate_flow(
             _publish_counts(run_name, summary))
         # The database is done with: it closes (and checkpoints) while the report goes out.
         await asyncio.gather(_report(data, funnel, lengths, run.id, run_name, summary).apublish(
-            artifacts.artifact_key("generate", run_name, "report")), asyncio.to_thread(store.release))
+            artifacts.artifact_key("generate", run_name, "report")), asyncio.to_thread(store.release),
+            progress.aclose())
     finally:
         await asyncio.to_thread(store.release)  # a no-op unless the finish failed
     logger.info("generate %s: %s", run_name, summary["message"])
@@ -491,7 +492,7 @@ async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], lo
                         outcome.kept, kept, target, requests_used())
         if failed_streak >= CONSECUTIVE_FAILED_BATCHES and stop is None:
             stop = "teacher_failing"
-        await progress.aupdate(kept, target)
+        await progress.aupdate(kept, target)  # goes out in the background
         report("generate", min(kept, target), target, kept=kept, requests=requests_used())
 
     await progress.aupdate(1, 1)
