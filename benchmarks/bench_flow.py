@@ -89,6 +89,37 @@ def flow(url: str, concurrency: int, instructions: Path, db: Path, n: int, batch
     return elapsed, out
 
 
+class _CpuMeter:
+    """CPU seconds (user + system) this process and its children (the fake server, the
+    Prefect server) spend between ``start()`` and ``stop()``."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        self.procs = {"client": me}
+        for child in me.children(recursive=True):
+            cmd = " ".join(child.cmdline())
+            if "fake_openai_server" in cmd:
+                self.procs["fake server"] = child
+            elif "uvicorn" in cmd or "prefect" in cmd:
+                self.procs["Prefect server"] = child
+        self.spent: dict[str, list[float]] = {name: [] for name in self.procs}
+
+    def _now(self) -> dict[str, float]:
+        return {name: sum(p.cpu_times()[:2]) for name, p in self.procs.items()}
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> None:
+        for name, t in self._now().items():
+            self.spent[name].append(t - self._start[name])
+
+    def medians(self) -> str:
+        return ", ".join(f"{name} {statistics.median(v):.1f}" for name, v in self.spent.items())
+
+
 def _config(url: str, concurrency: int) -> TeacherConfig:
     return TeacherConfig(backend="openai", model="fake", base_url=url, concurrency=concurrency,
                          defaults={"max_tokens": 32})
@@ -118,12 +149,17 @@ def main() -> None:
         teacher_layer(url, args.concurrency, _instructions(tmp / "wt.jsonl", "warm-t", 64), tmp / "wt.duckdb")
         flow(url, args.concurrency, _instructions(tmp / "wf.jsonl", "warm-f", 64), tmp / "wf.duckdb", 64,
              args.batch_size, args.inflight, "warm")
+        t_cpu, f_cpu = _CpuMeter(), _CpuMeter()
         # Side by side, alternating: a slow spell of the machine hits both sides alike.
         for r in range(args.rounds):
+            t_cpu.start()
             teacher_s.append(teacher_layer(url, args.concurrency, _instructions(tmp / f"t{r}.jsonl", f"teacher{r}",
                                                                                 args.n), tmp / f"t{r}.duckdb"))
+            t_cpu.stop()
+            f_cpu.start()
             f_s, out = flow(url, args.concurrency, _instructions(tmp / f"f{r}.jsonl", f"flow{r}", args.n),
                             tmp / f"f{r}.duckdb", args.n, args.batch_size, args.inflight, f"bench{r}")
+            f_cpu.stop()
             flow_s.append(f_s)
             loop_s.append(out["elapsed_s"])
     t_s, f_s = statistics.median(teacher_s), statistics.median(flow_s)
@@ -136,11 +172,11 @@ def main() -> None:
     label = f"generate flow, fake server {args.latency * 1000:.0f} ms, c={args.concurrency}"
     rows = [
         ("teacher layer alone (ledger + DuckDB)", f"{t_rate:.0f} samples/s",
-         f"{args.n} requests in {t_s:.2f}s (median of {args.rounds})"),
+         f"{args.n} requests in {t_s:.2f}s (median of {args.rounds}); CPU s: {t_cpu.medians()}"),
         (f"generate flow (tasks of {args.batch_size}, {args.inflight} in flight)", f"{f_rate:.0f} samples/s",
          f"**{f_rate / t_rate:.2f}x the teacher layer** (target >= 0.9; rounds: {ratios}); {args.n} kept in "
          f"{f_s:.2f}s (median), batch loop {statistics.median(loop_s):.2f}s, rest = flow start, runs row, "
-         "artifacts, report"),
+         f"artifacts, report; CPU s: {f_cpu.medians()}"),
         ("physical limit", f"{limit:.0f} samples/s", f"concurrency {args.concurrency} / latency {args.latency}s"),
     ]
     for name, value, notes in rows:
