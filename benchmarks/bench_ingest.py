@@ -122,6 +122,17 @@ def main() -> None:
         size = max(1, args.n // 20)  # 20 commits, as a flow persisting batch by batch
         batches = Timing(lambda: [batched.ingest(samples[i : i + size]) for i in range(0, args.n, size)])
         assert batched.table_counts()["samples"] == args.n
+
+        # Small commits (a flow's batches at a fast teacher): the file opened for each one
+        # vs kept open between them (Store(keep_open_s=...)), on the same rows.
+        small_n = min(args.n, 10_000)
+        small = {}
+        for keep in (0.0, 2.0):
+            s_store = Store(workdir / f"small-{keep}.duckdb", keep_open_s=keep)
+            s_store.init()
+            small[keep] = Timing(lambda: [s_store.ingest(samples[i: i + 50]) for i in range(0, small_n, 50)])
+            s_store.release()
+            assert Store(s_store.path).table_counts()["samples"] == small_n
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -134,6 +145,11 @@ def main() -> None:
               "the same records again; nothing inserted"))
     print(row(f"ingest: `Store.ingest`, {-(-args.n // size)} batches of {size:,}", args.n, batches, em_rate,
               "one connection + commit per batch, as flows do"))
+    open_rate = small_n / small[0.0].wall
+    print(row(f"ingest: `Store.ingest`, {small_n // 50} batches of 50, file opened per commit", small_n,
+              small[0.0], em_rate, "`keep_open_s=0` (the default)"))
+    print(row(f"ingest: `Store.ingest`, {small_n // 50} batches of 50, file kept open", small_n, small[2.0], em_rate,
+              f"`keep_open_s=2`: {small_n / small[2.0].wall / open_rate:.1f}x the row above"))
     print(f"\n_ingest machine: {machine()}; building the {args.n:,} pydantic records took {build.wall:.1f}s "
           f"(not counted); one untimed 10-record warm-up ingest first (pyarrow's one-time import of pandas); command: `python benchmarks/bench_ingest.py {' '.join(sys.argv[1:])}`_")
 
