@@ -452,16 +452,20 @@ class _Keeper:
                     self._thread = None
                     return
                 held = list(self._held.items())
-            now = time.monotonic()
-            for path, (_, deadline, store) in held:
-                if now < deadline and not store.others_waiting():
+            for path, (_, _, store) in held:
+                if not self._due(path) and not store.others_waiting():
                     continue
                 lock = _process_locks[path]
                 if lock.acquire(blocking=False):  # busy: in use now, let go at the next poll
                     try:
-                        self._close(path)
+                        if self._due(path) or store.others_waiting():  # no commit came meanwhile
+                            self._close(path)
                     finally:
                         lock.release()
+
+    def _due(self, path: Path) -> bool:
+        held = self._held.get(path)
+        return held is not None and time.monotonic() >= held[1]
 
 
 _keeper = _Keeper()
