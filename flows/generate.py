@@ -21,6 +21,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -378,11 +379,14 @@ async def generate_flow(
 
     summary.update(run_id=run.id, run_name=run_name, method=generate.method, teacher=teacher_model)
     # One thread records the outcome and reads the report's numbers (one commit, which also
-    # merges the last ledger rows), then draws the lengths; another draws the funnel, which
-    # needs only the summary; the counts table goes out meanwhile, on the loop's API client.
+    # merges the last ledger rows); the lengths, read first in that commit, are drawn in a
+    # second thread while the commit goes on; a third draws the funnel, which needs only
+    # the summary; the counts table goes out meanwhile, on the loop's API client.
+    lengths_read: Future = Future()
     try:
-        (data, lengths), funnel, _ = await asyncio.gather(
-            asyncio.to_thread(_finish_and_draw, store, run, summary),
+        data, lengths, funnel, _ = await asyncio.gather(
+            asyncio.to_thread(_finish, store, run, summary, lengths_read),
+            asyncio.to_thread(_draw_lengths, lengths_read),
             asyncio.to_thread(artifacts.funnel_chart, _funnel_stages(summary)),
             _publish_counts(run_name, summary))
         # The database is done with: it closes (and checkpoints) while the report goes out.
@@ -537,24 +541,32 @@ def _message(s: dict[str, Any], last_error: str | None) -> str:
     return f"stopped: the method has no more work ({kept}); give it more instructions or seeds"
 
 
-def _finish(store: Store, run: Any, summary: dict[str, Any]) -> dict[str, Any]:
+def _finish(store: Store, run: Any, summary: dict[str, Any], lengths: Future) -> dict[str, Any]:
     """Record the run's outcome and read the report's numbers, in one commit (which also
-    merges the ledger rows of the last requests)."""
+    merges the ledger rows of the last requests). The kept samples' lengths are read
+    first and handed to ``lengths`` at once, so they can be drawn while the rest runs."""
     run_id = run.id
     sql = {"kept": KEPT_SQL.format(run_id=run_id).strip(), "requests": REQUESTS_SQL.format(run_id=run_id),
            "drops": DROPS_SQL.format(run_id=run_id).strip(), "lengths": LENGTHS_SQL.format(run_id=run_id).strip()}
 
     def finish() -> dict[str, Any]:
+        rows = store.query(sql["lengths"])
+        if not lengths.done():
+            lengths.set_result(rows)
         finish_run(store, run, summary["status"], summary)
-        return {"sql": sql, **{name: store.query(q) for name, q in sql.items()}}
+        return {"sql": sql, "lengths": rows, **{name: store.query(sql[name]) for name in ("kept", "requests", "drops")}}
 
-    return _in_one_commit(store, finish)
+    try:
+        return _in_one_commit(store, finish)
+    except BaseException as exc:
+        if not lengths.done():  # the drawing thread waits on it
+            lengths.set_exception(exc)
+        raise
 
 
-def _finish_and_draw(store: Store, run: Any, summary: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-    data = _finish(store, run, summary)
-    rows = data["lengths"]
-    return data, artifacts.length_histogram(
+def _draw_lengths(lengths: Future) -> bytes:
+    rows = lengths.result()
+    return artifacts.length_histogram(
         {"instruction": [x["instruction_words"] for x in rows], "response": [x["response_words"] for x in rows]},
         title="Kept samples: length in words")
 
