@@ -551,8 +551,7 @@ def _finish(store: Store, run: Any, summary: dict[str, Any], lengths: Future) ->
 
     def finish() -> dict[str, Any]:
         rows = store.query(sql["lengths"])
-        if not lengths.done():
-            lengths.set_result(rows)
+        lengths.set_result(rows)
         finish_run(store, run, summary["status"], summary)
         return {"sql": sql, "lengths": rows, **{name: store.query(sql[name]) for name in ("kept", "requests", "drops")}}
 
