@@ -16,7 +16,9 @@ fresh prompts so nothing is served from the ledger) and a fresh, migrated databa
   timing, as it is for a flow run on a server or after ephemeral start-up.
 
 The two sides run alternately, ``--rounds`` times each, and the medians are compared (one
-round of each swings by 10% on a shared 2-vCPU machine).
+round of each swings by 10% on a shared 2-vCPU machine). ``--spin N`` keeps N other
+processes spinning on the CPU through all rounds, to see both sides on a busier (or
+slower) machine, where the client's CPU rather than the teacher's latency sets the pace.
 
 Target: flow >= 0.9 x the teacher layer's samples/s. Prints markdown table rows:
 | benchmark | measurement | value | notes | machine | command |.
@@ -29,6 +31,7 @@ import asyncio
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -134,6 +137,8 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=3, help="batches in flight")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating teacher/flow rounds; the medians are reported")
+    parser.add_argument("--spin", type=int, default=0,
+                        help="other processes kept busy on the CPU during the rounds (a loaded machine)")
     parser.add_argument("--no-header", dest="header", action="store_false", help="rows only")
     args = parser.parse_args()
     command = "python benchmarks/bench_flow.py " + " ".join(sys.argv[1:])
@@ -150,18 +155,24 @@ def main() -> None:
         flow(url, args.concurrency, _instructions(tmp / "wf.jsonl", "warm-f", 64), tmp / "wf.duckdb", 64,
              args.batch_size, args.inflight, "warm")
         t_cpu, f_cpu = _CpuMeter(), _CpuMeter()
-        # Side by side, alternating: a slow spell of the machine hits both sides alike.
-        for r in range(args.rounds):
-            t_cpu.start()
-            teacher_s.append(teacher_layer(url, args.concurrency, _instructions(tmp / f"t{r}.jsonl", f"teacher{r}",
-                                                                                args.n), tmp / f"t{r}.duckdb"))
-            t_cpu.stop()
-            f_cpu.start()
-            f_s, out = flow(url, args.concurrency, _instructions(tmp / f"f{r}.jsonl", f"flow{r}", args.n),
-                            tmp / f"f{r}.duckdb", args.n, args.batch_size, args.inflight, f"bench{r}")
-            f_cpu.stop()
-            flow_s.append(f_s)
-            loop_s.append(out["elapsed_s"])
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.spin)]
+        try:
+            # Side by side, alternating: a slow spell of the machine hits both sides alike.
+            for r in range(args.rounds):
+                t_cpu.start()
+                instructions = _instructions(tmp / f"t{r}.jsonl", f"teacher{r}", args.n)
+                teacher_s.append(teacher_layer(url, args.concurrency, instructions, tmp / f"t{r}.duckdb"))
+                t_cpu.stop()
+                f_cpu.start()
+                f_s, out = flow(url, args.concurrency, _instructions(tmp / f"f{r}.jsonl", f"flow{r}", args.n),
+                                tmp / f"f{r}.duckdb", args.n, args.batch_size, args.inflight, f"bench{r}")
+                f_cpu.stop()
+                flow_s.append(f_s)
+                loop_s.append(out["elapsed_s"])
+        finally:
+            for proc in spinners:
+                proc.kill()
+                proc.wait()
     t_s, f_s = statistics.median(teacher_s), statistics.median(flow_s)
     t_rate, f_rate = args.n / t_s, args.n / f_s
     ratios = ", ".join(f"{t / f:.2f}" for t, f in zip(teacher_s, flow_s))
@@ -170,6 +181,8 @@ def main() -> None:
     if args.header:
         print(HEADER)
     label = f"generate flow, fake server {args.latency * 1000:.0f} ms, c={args.concurrency}"
+    if args.spin:
+        label += f", {args.spin} spinning process{'es' if args.spin > 1 else ''}"
     rows = [
         ("teacher layer alone (ledger + DuckDB)", f"{t_rate:.0f} samples/s",
          f"{args.n} requests in {t_s:.2f}s (median of {args.rounds}); CPU s: {t_cpu.medians()}"),

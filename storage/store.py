@@ -707,24 +707,26 @@ class Store:
             if self.readers_waiting():  # let the reader in; this batch is merged later
                 raise DatabaseLockedError("a reader is waiting")
             with self._writing(self.lock_timeout) as con:
-                merged = self._merge_journal(con)
-                result = IngestResult(merged=merged)
                 con.begin()
-                try:
+                try:  # the journal's rows and the batch: one commit
+                    merged, segments = self._replay_journal(con)
+                    result = IngestResult(merged=merged)
                     for batch in batches:
                         self._insert(con, batch, result)
                     con.commit()
                 except BaseException:
                     con.rollback()
                     raise
+                self._delete_segments(segments, merged)
                 return result
         except DatabaseLockedError:  # only opening the file (or a waiting reader) raises it
             rows = self._spool_tables(b.rows for b in batches)
             log.info("database %s busy: spooled %d rows to %s", self.path, rows, self.journal_dir)
             return IngestResult(spooled=True, spooled_rows=rows)
 
-    def _insert(self, con: duckdb.DuckDBPyConnection, batch: _Batch, result: IngestResult) -> None:
-        """Insert one table's batch, adding its counts to ``result``."""
+    def _insert(self, con: duckdb.DuckDBPyConnection, batch: _Batch, result: IngestResult | None) -> None:
+        """Insert one table's batch, adding its counts to ``result`` (None: nobody reads
+        them, as in a journal merge, which then skips the query that tells new from updated)."""
         table, rows = batch.table, batch.rows
         cls = _RECORD_TYPES[table]
         columns = ", ".join(cls.model_fields)
@@ -741,13 +743,16 @@ class Store:
                 new = scalar(con, sql.format(table=table, columns=columns, source=source, key=key))
                 updated = 0
             else:
-                existing = scalar(con, EXISTING_KEYS_SQL.format(key=key, source=source, table=table))
+                existing = 0 if result is None else scalar(
+                    con, EXISTING_KEYS_SQL.format(key=key, source=source, table=table))
                 assignments = ", ".join(f"{c} = excluded.{c}" for c in cls.model_fields if c not in cls.__key__)
                 affected = scalar(con, upsert.format(columns=columns, source=source, assignments=assignments))
-                new = len(set(rows.column(key).to_pylist())) - existing
+                new = 0 if result is None else len(set(rows.column(key).to_pylist())) - existing
                 updated = affected - new
         finally:
             con.unregister(source)
+        if result is None:
+            return
         result.new[table] = result.new.get(table, 0) + new
         result.updated[table] = result.updated.get(table, 0) + updated
         result.duplicate[table] = result.duplicate.get(table, 0) + batch.submitted - new
@@ -756,7 +761,7 @@ class Store:
     def write(self, timeout: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-write connection inside one transaction, committed and closed on exit
         (rolled back on an exception). Keep the block short: every other process is
-        locked out of the database while it runs. Merges the journal first.
+        locked out of the database while it runs. The journal is merged in the same commit.
 
         Inside the block, this thread's ``query``/``ingest``/``write`` calls on this Store go
         through the same connection and transaction (several steps, one database open)."""
@@ -765,10 +770,10 @@ class Store:
             yield outer
             return
         with self._writing(self.write_timeout if timeout is None else timeout) as con:
-            self._merge_journal(con)
             con.begin()
             self._local.write_con = con
-            try:
+            try:  # the journal's rows and the block's work: one commit
+                merged, segments = self._replay_journal(con)
                 yield con
                 con.commit()
             except BaseException:
@@ -776,6 +781,7 @@ class Store:
                 raise
             finally:
                 self._local.write_con = None
+            self._delete_segments(segments, merged)
 
     def insert(self, con: duckdb.DuckDBPyConnection, records: Iterable[Record]) -> IngestResult:
         """Insert records through the connection of a ``write()`` block, in its transaction
@@ -834,7 +840,20 @@ class Store:
             return self._merge_journal(con)
 
     def _merge_journal(self, con: duckdb.DuckDBPyConnection) -> int:
-        """Replay every complete segment in one transaction, then delete them.
+        """Replay every complete segment in one transaction, then delete them."""
+        con.begin()
+        try:
+            rows, segments = self._replay_journal(con)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        self._delete_segments(segments, rows)
+        return rows
+
+    def _replay_journal(self, con: duckdb.DuckDBPyConnection) -> tuple[int, list[Path]]:
+        """Insert every complete segment through ``con``, inside the caller's transaction;
+        returns the rows replayed and the segments to delete once that transaction commits.
 
         Deleting only after the commit means a crash in between replays the segments
         next time, which content keys make harmless. Segments written while we merge are
@@ -843,7 +862,7 @@ class Store:
         segments = self.journal_segments()
         self._remove_stale_tmp()
         if not segments:
-            return 0
+            return 0, []
         good: list[Path] = []
         by_table: dict[str, list[pa.Table]] = defaultdict(list)
         for path in segments:
@@ -861,23 +880,21 @@ class Store:
             by_table[name].append(table)
             good.append(path)
         rows = 0
-        con.begin()
-        try:
-            # One statement per table, not per segment: a ledger batch leaves a segment
-            # every 50 ms, and each statement costs milliseconds whatever its size.
-            # Segments stay in order, so "the last row of a key wins" still holds.
-            for name, tables in by_table.items():
-                for table in _concat_segments(tables):
-                    self._insert(con, _Batch(name, table, table.num_rows, unique=False), IngestResult())
-                    rows += table.num_rows
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
-        for path in good:
+        # One statement per table, not per segment: a ledger batch leaves a segment
+        # every 50 ms, and each statement costs milliseconds whatever its size.
+        # Segments stay in order, so "the last row of a key wins" still holds.
+        for name, tables in by_table.items():
+            for table in _concat_segments(tables):
+                self._insert(con, _Batch(name, table, table.num_rows, unique=False), None)
+                rows += table.num_rows
+        return rows, good
+
+    def _delete_segments(self, segments: list[Path], rows: int) -> None:
+        """Remove segments whose rows (``rows`` in all) are committed."""
+        for path in segments:
             path.unlink(missing_ok=True)
-        log.info("merged %d journal rows from %d segments into %s", rows, len(good), self.path)
-        return rows
+        if segments:
+            log.info("merged %d journal rows from %d segments into %s", rows, len(segments), self.path)
 
     def _remove_stale_tmp(self) -> None:
         now = time.time()

@@ -188,6 +188,22 @@ def test_write_context_commits_and_rolls_back(store):
     assert store.query("SELECT status FROM runs") == [{"status": "done"}]
 
 
+def test_journal_rows_commit_with_the_write_block(store):
+    """write() replays the journal inside the block's own transaction: the segments go
+    only when the block commits; a block that fails leaves them for the next commit."""
+    store.init()
+    store.spool([Run(id="spooled", flow="x")])
+    with pytest.raises(RuntimeError):
+        with store.write():
+            assert [r["id"] for r in store.query("SELECT id FROM runs")] == ["spooled"]  # replayed in the block
+            raise RuntimeError("boom")
+    assert store.query("SELECT id FROM runs") == [] and len(store.journal_segments()) == 1
+    with store.write():
+        store.ingest([Run(id="direct", flow="x")])
+    assert store.query("SELECT id FROM runs ORDER BY id") == [{"id": "direct"}, {"id": "spooled"}]
+    assert store.journal_segments() == []
+
+
 def test_steps_inside_write_share_its_transaction(store):
     """ingest / query / a nested write() inside write() on the same thread join its
     transaction: one database open, all committed or all rolled back together."""
