@@ -478,6 +478,18 @@ def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | Non
     return con.execute(sql, params).fetchall()[0][0]
 
 
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """One transaction on ``con``: committed if the block ends normally, else rolled back."""
+    con.begin()
+    try:
+        yield
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+
+
 def _is_lock_error(err: Exception) -> bool:
     return "lock" in str(err).lower() and isinstance(err, (duckdb.IOException, duckdb.ConnectionException))
 
@@ -707,16 +719,11 @@ class Store:
             if self.readers_waiting():  # let the reader in; this batch is merged later
                 raise DatabaseLockedError("a reader is waiting")
             with self._writing(self.lock_timeout) as con:
-                con.begin()
-                try:  # the journal's rows and the batch: one commit
+                with _transaction(con):  # the journal's rows and the batch: one commit
                     merged, segments = self._replay_journal(con)
                     result = IngestResult(merged=merged)
                     for batch in batches:
                         self._insert(con, batch, result)
-                    con.commit()
-                except BaseException:
-                    con.rollback()
-                    raise
                 self._delete_segments(segments, merged)
                 return result
         except DatabaseLockedError:  # only opening the file (or a waiting reader) raises it
@@ -770,17 +777,13 @@ class Store:
             yield outer
             return
         with self._writing(self.write_timeout if timeout is None else timeout) as con:
-            con.begin()
-            self._local.write_con = con
-            try:  # the journal's rows and the block's work: one commit
-                merged, segments = self._replay_journal(con)
-                yield con
-                con.commit()
-            except BaseException:
-                con.rollback()
-                raise
-            finally:
-                self._local.write_con = None
+            with _transaction(con):  # the journal's rows and the block's work: one commit
+                self._local.write_con = con
+                try:
+                    merged, segments = self._replay_journal(con)
+                    yield con
+                finally:
+                    self._local.write_con = None
             self._delete_segments(segments, merged)
 
     def insert(self, con: duckdb.DuckDBPyConnection, records: Iterable[Record]) -> IngestResult:
@@ -841,13 +844,8 @@ class Store:
 
     def _merge_journal(self, con: duckdb.DuckDBPyConnection) -> int:
         """Replay every complete segment in one transaction, then delete them."""
-        con.begin()
-        try:
+        with _transaction(con):
             rows, segments = self._replay_journal(con)
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
         self._delete_segments(segments, rows)
         return rows
 
