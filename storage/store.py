@@ -750,11 +750,14 @@ class Store:
                 new = scalar(con, sql.format(table=table, columns=columns, source=source, key=key))
                 updated = 0
             else:
-                existing = 0 if result is None else scalar(
-                    con, EXISTING_KEYS_SQL.format(key=key, source=source, table=table))
                 assignments = ", ".join(f"{c} = excluded.{c}" for c in cls.model_fields if c not in cls.__key__)
-                affected = scalar(con, upsert.format(columns=columns, source=source, assignments=assignments))
-                new = 0 if result is None else len(set(rows.column(key).to_pylist())) - existing
+                sql = upsert.format(columns=columns, source=source, assignments=assignments)
+                if result is None:  # no counts wanted: skip telling new rows from updated ones
+                    con.execute(sql)
+                    return
+                existing = scalar(con, EXISTING_KEYS_SQL.format(key=key, source=source, table=table))
+                affected = scalar(con, sql)
+                new = len(set(rows.column(key).to_pylist())) - existing
                 updated = affected - new
         finally:
             con.unregister(source)
