@@ -99,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
 
-    from generators.teachers.embedded import ensure_embedded_teacher
+    from core.embedded import ensure_embedded_teacher
 
-    from generators.teachers.embedded import cache_root
+    from core.embedded import cache_root
 
     work = Path(args.work_dir) if args.work_dir else cache_root() / "bench_distill"
     work.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from storage.errors import DistillError, InputError
+from core.errors import DistillError, InputError
 from storage.store import TABLES, Store, default_db_path
 
 app = typer.Typer(

@@ -52,7 +52,7 @@ def _quiet_prefect(verbose: bool) -> None:
 
 
 def _parse_sets(sets: list[str]) -> dict[str, Any]:
-    from storage.errors import InputError
+    from core.errors import InputError
 
     out: dict[str, Any] = {}
     for item in sets:
@@ -66,7 +66,7 @@ def _parse_sets(sets: list[str]) -> dict[str, Any]:
 def _load(config: Optional[Path], overrides: dict[str, Any]):
     from flows.config import PipelineConfig, format_validation_error, load_config, set_dotted
     from pydantic import ValidationError
-    from storage.errors import InputError
+    from core.errors import InputError
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if config is None and DEFAULT_CONFIG.exists():

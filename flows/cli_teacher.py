@@ -21,7 +21,7 @@ app = typer.Typer(help="The teacher model: fetch the embedded one, ask any one a
 def pull(cache_dir: Optional[Path] = typer.Option(None, help="Cache folder (default $DISTILL_CACHE "
                                                                 "or ~/.cache/distillery).")) -> None:
     """Convert the embedded SmolLM2-135M-Instruct teacher (once) and print its folder."""
-    from generators.teachers.embedded import ensure_embedded_teacher
+    from core.embedded import ensure_embedded_teacher
 
     typer.echo(str(ensure_embedded_teacher(cache_dir)))
 
@@ -44,7 +44,7 @@ def ask(
     """Ask the teacher one question and print its answer."""
     from generators.teachers.base import ChatRequest
     from generators.teachers.config import TeacherConfig, build_teacher
-    from storage.errors import TeacherError
+    from core.errors import TeacherError
 
     data: dict = {}
     if config is not None:

@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flows._compat import FiltersConfig, JudgeConfig, TeacherConfig, TrainConfig
-from storage.errors import InputError
+from core.errors import InputError
 
 Method = Literal["self_instruct", "alpaca", "evol_instruct", "responses", "rationales"]
 """Generation methods the generate flow runs (one module each in generators/)."""

@@ -48,7 +48,7 @@ from flows.runs import finish_run, run_id_for, start_run
 from generators.common import run_sync
 from generators.judge import SingleItem, ajudge_single
 from storage.datasets import create_dataset, export_dataset
-from storage.errors import InputError
+from core.errors import InputError
 from storage.store import Store
 
 EVENT = "distill.dataset.ready"

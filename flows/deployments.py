@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from storage.errors import InputError
+from core.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT_YAML = ROOT / "prefect.yaml"

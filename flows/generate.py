@@ -52,7 +52,7 @@ from flows.runs import finish_run, freeze_startup_heap, start_run
 from generators.teachers.base import ChatRequest, Completion, Teacher
 from generators.teachers.config import build_teacher
 from generators.teachers.ledger import LedgeredTeacher
-from storage.errors import DatabaseError, DatabaseLockedError, InputError
+from core.errors import DatabaseError, DatabaseLockedError, InputError
 from storage.records import Instruction
 from storage.store import Store
 

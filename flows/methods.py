@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from generators.teachers.base import Teacher
-from storage.errors import InputError
+from core.errors import InputError
 from storage.records import Instruction, Record, Sample, content_key
 
 SEED_INSTRUCTIONS_SQL = "SELECT * FROM instructions WHERE method = 'seed' ORDER BY id"

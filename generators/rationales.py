@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from generators.common import Counts, MethodResult, instruction_prompt, make_request, params_of, run_sync
 from generators.teachers.base import Teacher
 from generators.templates import load_template
-from storage.errors import InputError
+from core.errors import InputError
 from storage.records import FilterDecision, Instruction, Sample
 
 DEFAULT_EXAMPLES_PATH = Path(__file__).resolve().parent.parent / "storage" / "seeds" / "cot_examples.jsonl"

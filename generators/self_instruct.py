@@ -67,7 +67,7 @@ from filters.rouge import RougeNovelty
 from generators.common import Counts, MethodResult, make_request, params_of, run_sync
 from generators.teachers.base import ChatRequest, Completion, Teacher
 from generators.templates import load_template
-from storage.errors import InputError
+from core.errors import InputError
 from storage.records import FilterDecision, Instruction, Sample
 
 DEFAULT_SEED_PATH = Path(__file__).resolve().parent.parent / "storage" / "seeds" / "seed_tasks.jsonl"

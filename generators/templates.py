@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from storage.errors import InputError
+from core.errors import InputError
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 

@@ -29,7 +29,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.errors import InputError, NotFoundError
+from core.errors import InputError, NotFoundError
 from storage.records import canonical_json, content_key, normalize_text, utcnow
 from storage.store import Store, code_version, scalar
 

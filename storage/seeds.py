@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from storage.errors import InputError, NotFoundError
+from core.errors import InputError, NotFoundError
 from storage.records import Instruction, Record, Sample
 
 SEEDS_DIR = Path(__file__).with_name("seeds")

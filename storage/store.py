@@ -49,7 +49,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.ipc
 
-from storage.errors import DatabaseError, DatabaseLockedError
+from core.errors import DatabaseError, DatabaseLockedError
 from storage.records import ALL_RECORD_TYPES, Record, canonical_json, utcnow
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from flows.config import PipelineConfig, load_config
-from storage.errors import InputError
+from core.errors import InputError
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 

@@ -89,7 +89,7 @@ def test_curate_judges_freezes_exports_and_emits(tmp_path, monkeypatch):
 
 def test_too_few_rows_is_refused(tmp_path):
     from flows.curate import curate_flow
-    from storage.errors import InputError
+    from core.errors import InputError
 
     db = tmp_path / "c.duckdb"
     _fill(Store(db))

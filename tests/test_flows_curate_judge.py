@@ -12,7 +12,7 @@ from generators.teachers.config import TeacherConfig
 from generators.teachers.scripted import ScriptedTeacher
 from generators.templates import load_template
 from storage.datasets import load_rows
-from storage.errors import InputError
+from core.errors import InputError
 from storage.records import Instruction, Sample
 from storage.store import Store
 

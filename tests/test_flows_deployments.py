@@ -49,7 +49,7 @@ def test_schedules():
 
 
 def test_unknown_deployment_name_is_refused():
-    from storage.errors import InputError
+    from core.errors import InputError
 
     with pytest.raises(InputError, match="no deployment named 'nope'"):
         load_deployments(names=["nope"])

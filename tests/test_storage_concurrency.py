@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.errors import DatabaseLockedError
+from core.errors import DatabaseLockedError
 from storage.records import Instruction, Sample
 from storage.store import Store
 

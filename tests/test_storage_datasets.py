@@ -14,7 +14,7 @@ from storage.datasets import (
     load_rows,
     parse_dataset_ref,
 )
-from storage.errors import InputError, NotFoundError
+from core.errors import InputError, NotFoundError
 from storage.records import Instruction, Sample
 
 SQL = "SELECT sample_id, instruction, input, response, label, system_prompt FROM sample_view"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from storage.errors import InputError, NotFoundError
+from core.errors import InputError, NotFoundError
 from storage.seeds import DEFAULT_SEED_FILE, parse_seed_file
 
 TASKS = [

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from storage import store as store_module
-from storage.errors import DatabaseError
+from core.errors import DatabaseError
 from storage.records import (
     FilterDecision,
     Instruction,

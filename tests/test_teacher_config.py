@@ -8,7 +8,7 @@ from generators.teachers.base import ChatRequest, SamplingParams
 from generators.teachers.config import TeacherConfig, TransformersOptions, VLLMOptions, build_teacher
 from generators.teachers.ledger import LedgeredTeacher
 from generators.teachers.openai_backend import OpenAITeacher
-from storage.errors import InputError
+from core.errors import InputError
 
 
 def test_yaml_round_trip(tmp_path):

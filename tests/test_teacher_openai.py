@@ -229,7 +229,7 @@ def test_api_key_never_reaches_db_logs_or_errors(fake_openai, store, tmp_path, m
 def test_config_refuses_literal_keys_without_echoing_them(tmp_path):
     path = tmp_path / "teacher.yaml"
     path.write_text(f"teacher:\n  backend: openai\n  model: m\n  api_key: {SECRET}\n")
-    from storage.errors import InputError
+    from core.errors import InputError
 
     with pytest.raises(InputError) as err:
         TeacherConfig.from_yaml(path)
@@ -240,7 +240,7 @@ def test_config_refuses_literal_keys_without_echoing_them(tmp_path):
 
 
 def test_missing_key_variable_is_a_clear_error(monkeypatch):
-    from storage.errors import TeacherError
+    from core.errors import TeacherError
 
     monkeypatch.delenv("DISTILL_NO_SUCH_KEY", raising=False)
     config = TeacherConfig(backend="openai", model="m", api_key_env="DISTILL_NO_SUCH_KEY")
@@ -254,7 +254,7 @@ def test_api_key_from_a_prefect_secret_block(prefect_harness, fake_openai, store
     config (the flows' Prefect parameters), the database, the journal, logs and errors."""
     from prefect.blocks.system import Secret
 
-    from storage.errors import TeacherError
+    from core.errors import TeacherError
 
     key = SECRET + "-block"
     Secret(value=key).save("distill-test-key", overwrite=True)

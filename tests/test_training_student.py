@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from storage.errors import DistillError, InputError
+from core.errors import DistillError, InputError
 from training.config import PRESETS, TrainConfig
 from training.student import STUDENT_MARKER, build_student, check_same_tokenizer, select_layers
 from training.testing import tiny_llama

@@ -30,7 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from storage.errors import InputError
+from core.errors import InputError
 
 Method = Literal["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "distill"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from storage.errors import InputError
+from core.errors import InputError
 
 
 def user_text(row: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
-from storage.errors import InputError
+from core.errors import InputError
 from training.config import TrainConfig
 from training.data import as_rows, prompt_messages
 from training.sft import trainer_args

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from storage.errors import InputError
+from core.errors import InputError
 from training.config import EvalConfig
 from training.data import as_rows, prompt_messages
 
@@ -216,7 +216,7 @@ def mean_token_kl(student, teacher, tokenizer, items: list[dict], responses: lis
 
 
 def _same_tokenizer(a, b) -> bool:
-    from storage.errors import DistillError
+    from core.errors import DistillError
     from training.student import check_same_tokenizer
 
     try:

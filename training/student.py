@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from storage.errors import DistillError, NotFoundError
+from core.errors import DistillError, NotFoundError
 
 STUDENT_MARKER = "distillery_student.json"
 

@@ -14,7 +14,7 @@ def tiny_llama(out_dir: str | Path, *, num_layers: int = 2, hidden_size: int = 3
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from generators.teachers.embedded import ensure_embedded_teacher
+    from core.embedded import ensure_embedded_teacher
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():

@@ -35,7 +35,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from storage.errors import DistillError, InputError, NotFoundError, TeacherError
+from core.errors import DistillError, InputError, NotFoundError, TeacherError
 from training import records
 from training.config import TrainConfig, is_api_teacher
 from training.data import as_rows
@@ -67,7 +67,7 @@ def resolve_teacher(teacher: str | None) -> Path | None:
     if not teacher or is_api_teacher(teacher):
         return None
     if teacher == "embedded":
-        from generators.teachers.embedded import ensure_embedded_teacher
+        from core.embedded import ensure_embedded_teacher
 
         return ensure_embedded_teacher()
     path = Path(teacher).expanduser()
@@ -77,7 +77,7 @@ def resolve_teacher(teacher: str | None) -> Path | None:
 
 
 def students_dir() -> Path:
-    from generators.teachers.embedded import cache_root
+    from core.embedded import cache_root
 
     return cache_root() / "students"
 

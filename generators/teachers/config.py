@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from generators.teachers.base import SamplingParams, Teacher
-from storage.errors import InputError, TeacherError
+from core.errors import InputError, TeacherError
 
 _SECRET_FIELDS = ("api_key", "key", "token", "secret", "password")
 

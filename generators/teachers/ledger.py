@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from generators.teachers.base import ChatRequest, Completion, Teacher, TokenLogprob
-from storage.errors import DatabaseError
+from core.errors import DatabaseError
 from storage.records import RequestRecord, utcnow
 from storage.store import records_to_arrow
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from generators.teachers.base import ChatRequest, Completion, SamplingParams, Teacher, TokenLogprob
-from generators.teachers.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_teacher
+from core.embedded import EMBEDDED_MODEL_NAME, ensure_embedded_teacher
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ import httpx
 
 from generators.teachers.base import ChatRequest, Completion
 from generators.teachers.config import VLLMOptions
-from generators.teachers.embedded import cache_root, ensure_embedded_teacher
+from core.embedded import cache_root, ensure_embedded_teacher
 from generators.teachers.openai_backend import OpenAITeacher
-from storage.errors import TeacherError
+from core.errors import TeacherError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ the ``quantization_config``, load the dequantized state dict into it, and save a
 safetensors folder (with the tokenizer and chat template) once. Every later use loads
 that folder, which is also what vLLM serves and what the student is pruned from.
 
-    python -m generators.teachers.embedded      # or: distill teacher pull
+    python -m core.embedded      # or: distill teacher pull
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from storage.errors import TeacherError
+from core.errors import TeacherError
 
 log = logging.getLogger(__name__)
 
