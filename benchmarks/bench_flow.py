@@ -52,7 +52,9 @@ import flows.artifacts  # noqa: E402,F401  (matplotlib and friends imported befo
 from flows.config import GenerateConfig  # noqa: E402
 from flows.generate import generate_flow  # noqa: E402
 from generators.common import make_request  # noqa: E402
-from generators.teachers.config import TeacherConfig, build_teacher  # noqa: E402
+from core.text import format_prompt  # noqa: E402
+from generators.teachers import build_teacher  # noqa: E402
+from generators.teachers.config import OpenAIConfig  # noqa: E402
 from storage.store import Store  # noqa: E402
 
 
@@ -63,12 +65,12 @@ def _instructions(path: Path, tag: str, n: int) -> Path:
 
 
 def teacher_layer(url: str, concurrency: int, instructions: Path, db: Path) -> float:
-    from flows.methods import read_instructions_file
     from generators.templates import load_template
+    from storage.seeds import parse_instructions_file
 
     template = load_template("responses")
-    requests = [make_request("chat", template.render(instruction=i.text, input_block=""), tag="responses")
-                for i in read_instructions_file(instructions)]
+    requests = [make_request("chat", template.render(prompt=format_prompt(i.text, i.input)), tag="responses")
+                for i in parse_instructions_file(instructions)]
     store = Store(db)
     store.init()
     teacher = build_teacher(_config(url, concurrency), store=store, run_id="bench")
@@ -123,9 +125,8 @@ class _CpuMeter:
         return ", ".join(f"{name} {statistics.median(v):.1f}" for name, v in self.spent.items())
 
 
-def _config(url: str, concurrency: int) -> TeacherConfig:
-    return TeacherConfig(backend="openai", model="fake", base_url=url, concurrency=concurrency,
-                         defaults={"max_tokens": 32})
+def _config(url: str, concurrency: int) -> OpenAIConfig:
+    return OpenAIConfig(model="fake", base_url=url, concurrency=concurrency, defaults={"max_tokens": 32})
 
 
 def main() -> None:

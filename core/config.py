@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from core.errors import InputError, NotFoundError
+from core.errors import InputError
 
 M = TypeVar("M")
 
@@ -36,7 +36,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file holding a mapping (an empty file is an empty mapping)."""
     path = Path(path)
     if not path.is_file():
-        raise NotFoundError(f"config file not found: {path}")
+        raise InputError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

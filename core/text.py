@@ -57,8 +57,8 @@ def extract_answer(text: str, separator: str = ANSWER_SEPARATOR) -> str:
 
 def normalize_answer(answer: str) -> str:
     """The form answers are compared in: case, punctuation, articles and spacing do not
-    count ('(B) The Moon!' == 'b moon')."""
-    text = re.sub(r"[^\w\s]", " ", (answer or "").casefold())
+    count ('(B) The Moon!' == 'b moon', '1,000' == '1000')."""
+    text = re.sub(r"[^\w\s]", "", (answer or "").casefold())
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 

@@ -5,10 +5,8 @@ keys the store uses, so ``ExactDedup.key(text, input) == Instruction.key_for(tex
 input)``: the flow can seed the filter with ids already stored and check new items
 against the whole store, not only against their batch.
 
-    >>> dedup = ExactDedup()
-    >>> dedup.check_and_add("Name three  primary colours.").kept
-    True
-    >>> dedup.check("name three primary colours.").reason
+    >>> dedup = ExactDedup([exact_key("Name three  primary colours.")])
+    >>> dedup.check(exact_key("name three primary colours.")).reason
     'exact_duplicate'
 """
 
@@ -19,6 +17,7 @@ from collections.abc import Iterable
 from filters.base import Decision
 from storage.records import content_key, normalize_text
 
+NAME = "exact"  # filter_decisions.filter
 REASON = "exact_duplicate"
 
 
@@ -37,29 +36,13 @@ class ExactDedup:
     def __init__(self, known: Iterable[str] = ()) -> None:
         self._keys: set[str] = set(known)
 
-    key = staticmethod(exact_key)
-
-    def check(self, *parts: str | None) -> Decision:
-        """Drop (``'exact_duplicate'``) when the normalized content is already known."""
-        return Decision.drop(REASON) if exact_key(*parts) in self._keys else Decision.keep()
-
-    def add(self, *parts: str | None) -> str:
-        """Remember the content; returns its key."""
-        key = exact_key(*parts)
-        self._keys.add(key)
-        return key
+    def check(self, key: str) -> Decision:
+        """Drop (``'exact_duplicate'``) when the content key is already known."""
+        return Decision.drop(REASON) if key in self._keys else Decision.keep()
 
     def add_keys(self, keys: Iterable[str]) -> None:
         """Remember keys computed elsewhere (e.g. loaded from the store)."""
         self._keys.update(keys)
-
-    def check_and_add(self, *parts: str | None) -> Decision:
-        """Check, and remember the content when it is new."""
-        key = exact_key(*parts)
-        if key in self._keys:
-            return Decision.drop(REASON)
-        self._keys.add(key)
-        return Decision.keep()
 
     def __len__(self) -> int:
         return len(self._keys)

@@ -51,6 +51,7 @@ from filters.base import Decision
 from filters.config import MinHashConfig
 from storage.records import MinHashSignature
 
+NAME = "minhash"  # filter_decisions.filter
 REASON = "near_duplicate"
 
 _WORD_RE = re.compile(r"\w+")

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from filters.base import Decision
 from filters.config import QualityConfig
 
+NAME = "quality"  # filter_decisions.filter (the reason says which check)
+
 # Refusals are matched at the start of the text: "I cannot stress this enough" inside
 # an answer is fine, an answer that opens with "I cannot" is not one.
 REFUSAL_PATTERNS: tuple[str, ...] = (

@@ -47,6 +47,7 @@ from rouge_score import tokenizers
 from filters.base import Decision
 from filters.config import RougeConfig
 
+NAME = "rouge_novelty"  # filter_decisions.filter
 REASON = "too_similar"
 
 _WORD = 64  # pool entries up to this many tokens are one uint64 bit vector

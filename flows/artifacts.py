@@ -1,7 +1,7 @@
 """Prefect artifacts the flows publish: progress, a table of counts, a markdown report with plots.
 
-    progress = Progress("generate-demo", "teacher samples kept")   # 0 % artifact now
-    progress.update(kept, target)                                   # throttled updates
+    progress = Progress("generate-demo", "teacher samples kept", stage="generate")   # 0 % artifact now
+    progress.update(kept, target, requests=120)     # throttled artifact updates + the terminal's bar
     publish_counts("generate-demo-counts", {"requested": 120, "ok": 118, ...})
 
     report = Report("Generation report: demo")
@@ -36,6 +36,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from flows.progress import report
+
 log = logging.getLogger(__name__)
 
 
@@ -67,14 +69,17 @@ async def _asafely(what: str, fn, *args, **kwargs):
 
 
 class Progress:
-    """A progress artifact (0-100 %) with throttled updates.
+    """A step's progress: a Prefect progress artifact (0-100 %) with throttled updates, and
+    the terminal's progress bar when the CLI runs the flow (``flows.progress``, by ``stage``).
 
-    Updates closer than ``min_interval_s`` apart or smaller than ``min_step`` percent are
-    skipped (the last one, 100 %, always goes out), so a tight loop costs no API calls.
+    Artifact updates closer than ``min_interval_s`` apart or smaller than ``min_step``
+    percent are skipped (the last one, 100 %, always goes out), so a tight loop costs no
+    API calls; ``info`` (kept=, requests=, loss=) goes to the terminal's bar.
     """
 
-    def __init__(self, key: str, description: str, *, min_interval_s: float = 1.0,
+    def __init__(self, key: str, description: str, *, stage: str | None = None, min_interval_s: float = 1.0,
                  min_step: float = 1.0, publish: bool = True) -> None:
+        self.stage = stage
         self.key = artifact_key(key)
         self.description = description
         self.min_interval_s = min_interval_s
@@ -105,18 +110,24 @@ class Progress:
         self.value, self._sent_at = pct, now
         return pct
 
-    def update(self, done: float, total: float, description: str | None = None) -> None:
+    def update(self, done: float, total: float, description: str | None = None, **info: Any) -> None:
         """Set progress to done/total (clamped to 0-100 %)."""
+        self._report(done, total, info)
         pct = self._due(done, total)
         if pct is not None:
             _safely("progress", update_progress_artifact, self.id, pct,
                     description=description or self.description)
 
-    async def aupdate(self, done: float, total: float, description: str | None = None) -> None:
+    def _report(self, done: float, total: float, info: dict[str, Any]) -> None:
+        if self.stage is not None:
+            report(self.stage, done, total, **info)
+
+    async def aupdate(self, done: float, total: float, description: str | None = None, **info: Any) -> None:
         """``update`` from async code, sent in the background: the caller never waits on
         the API (a busy server answers in hundreds of milliseconds, and a flow's batch loop
         must not stall meanwhile). One call is in flight at a time; the latest value wins.
         ``aclose()`` waits for the last one."""
+        self._report(done, total, info)
         pct = self._due(done, total)
         if pct is None:
             return

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.table import Table
+
+from core.config import parse_sets
 
 # Before torch is imported anywhere in this process: OpenMP threads that spin-wait make
 # CPU generation and training 10-25x slower whenever the cores are shared with anything
@@ -51,35 +52,14 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
-def _parse_sets(sets: list[str]) -> dict[str, Any]:
-    from core.errors import InputError
-
-    out: dict[str, Any] = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"--set expects KEY=VALUE (dotted key, YAML value), got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def _load(config: Optional[Path], overrides: dict[str, Any]):
-    from flows.config import PipelineConfig, format_validation_error, load_config, set_dotted
-    from pydantic import ValidationError
-    from core.errors import InputError
+    """The pipeline config: ``--config`` (else configs/demo.yaml when it exists, else the
+    defaults) with the command's options and ``--set`` values over it."""
+    from flows.config import load_config
 
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     if config is None and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
-    if config is not None:
-        return load_config(config, overrides)
-    data: dict[str, Any] = {}
-    for key, value in overrides.items():
-        set_dotted(data, key, value)
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as err:
-        raise InputError(format_validation_error(err, "options")) from None
+    return load_config(config, overrides)
 
 
 def _db_default(overrides: dict[str, Any]) -> None:
@@ -166,7 +146,7 @@ def run(
 ) -> None:
     """Run the whole pipeline: seeds -> generate -> curate -> train -> evaluate."""
     _quiet_prefect(verbose)
-    overrides = {"run_name": run_name, **_parse_sets(set_)}
+    overrides = {"run_name": run_name, **parse_sets(set_)}
     _db_default(overrides)
     cfg = _load(config, overrides)
     from flows.pipeline import pipeline_flow
@@ -202,7 +182,7 @@ def generate(
                  "generate.batch_size": batch_size, "generate.max_attempts": max_attempts,
                  "generate.token_budget": token_budget,
                  "generate.instructions_file": str(instructions_file) if instructions_file else None,
-                 **_parse_sets(set_)}
+                 **parse_sets(set_)}
     _db_default(overrides)
     cfg = _load(config, overrides)
     import asyncio
@@ -229,7 +209,7 @@ def curate(
     new dataset version, export it."""
     _quiet_prefect(verbose)
     overrides = {"run_name": run_name, "curate.dataset": dataset, "curate.judge.min_score": judge_threshold,
-                 **_parse_sets(set_)}
+                 **parse_sets(set_)}
     _db_default(overrides)
     cfg = _load(config, overrides)
     from flows.curate import curate_flow
@@ -256,7 +236,7 @@ def train(
     _quiet_prefect(verbose)
     name, version = parse_dataset_ref(dataset) if dataset else (None, None)
     overrides = {"curate.dataset": name, "train.method": method, "train.max_steps": max_steps,
-                 "train.output_dir": output_dir, **_parse_sets(set_)}
+                 "train.output_dir": output_dir, **parse_sets(set_)}
     _db_default(overrides)
     cfg = _load(config, overrides)
     from flows.train import train_flow

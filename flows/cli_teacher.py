@@ -42,16 +42,13 @@ def ask(
     db: Optional[Path] = typer.Option(None, help="Record the request in this database's ledger."),
 ) -> None:
     """Ask the teacher one question and print its answer."""
-    from generators.teachers.base import ChatRequest
-    from generators.teachers.config import TeacherConfig, build_teacher
     from core.errors import TeacherError
+    from generators.teachers import build_teacher
+    from generators.teachers.base import ChatRequest
+    from generators.teachers.config import load_teacher_config
 
-    data: dict = {}
-    if config is not None:
-        data = TeacherConfig.from_yaml(config).model_dump(exclude_unset=True)
-    overrides = {"backend": backend, "model": model, "base_url": base_url, "api_key_env": api_key_env}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = TeacherConfig.from_dict(data, source=str(config or "command line"))
+    cfg = load_teacher_config(config, {"backend": backend, "model": model, "base_url": base_url,
+                                       "api_key_env": api_key_env})
     store = None
     if db is not None:
         from storage.store import Store

@@ -18,22 +18,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows._compat import FiltersConfig, JudgeConfig, TeacherConfig, TrainConfig
+from core.config import load_config_file
 from core.errors import InputError
-
-Method = Literal["self_instruct", "alpaca", "evol_instruct", "responses", "rationales"]
-"""Generation methods the generate flow runs (one module each in generators/)."""
-
-INSTRUCTION_METHODS = ("self_instruct", "alpaca", "evol_instruct")
-"""Methods whose products are instructions (their samples come from the responses step)."""
-
-WHITE_BOX_METHODS = ("kd", "rkl", "jsd", "seqkd", "gkd")
-"""Training methods that need the teacher's logits, hence a local teacher."""
-
-LOCAL_BACKENDS = ("transformers", "vllm")
+from filters.config import FilterConfig as FiltersConfig
+from generators.judge import JudgeConfig
+from generators.registry import METHODS, Method, MethodName, MethodParams
+from generators.responses import ResponsesConfig
+from generators.teachers.config import LOCAL_BACKENDS, TeacherConfig, TransformersConfig
+from training.config import WHITE_BOX_METHODS, TrainConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -54,11 +48,11 @@ def _check_name(value: str, what: str) -> str:
 class GenerateConfig(_Section):
     """What to generate, how much, and when to give up."""
 
-    method: Method = Field(
+    method: MethodName = Field(
         "responses",
         description="Generation method: self_instruct | alpaca | evol_instruct (new instructions, "
         "each answered by the teacher) | responses (answer stored instructions) | rationales "
-        "(chain-of-thought answers).",
+        "(chain-of-thought answers). generators/registry.py lists them.",
     )
     target: int = Field(
         100, ge=1, description="Number of KEPT samples to reach (after the inline filters), not attempts."
@@ -82,26 +76,21 @@ class GenerateConfig(_Section):
         None, ge=1,
         description="Most teacher tokens (prompt + completion) this run may spend; None = no limit.",
     )
-    samples_per_instruction: int = Field(
-        1, ge=1, le=64,
-        description="Samples per instruction (responses: n; rationales: D reasoning paths), each "
-        "its own request and ledger key (sample_index 0..n-1).",
-    )
-    system_prompt: str | None = Field(None, description="System prompt given to the teacher for responses.")
     instructions_file: str | None = Field(
         None,
-        description="For responses/rationales: a JSONL of instructions ({instruction, input?} or "
-        "{question, answer?}) ingested before answering; with it, only these are answered.",
+        description="For responses/rationales/evol_instruct: a JSONL of instructions ({instruction, input?} "
+        "or {question, answer?}) ingested before the run; with it, only these are worked on.",
     )
     instructions_sql: str | None = Field(
         None,
-        description="For responses/rationales: a SELECT returning instruction ids (column 'id') to "
-        "answer. Default: every instruction that has no sample yet from this teacher.",
+        description="For responses/rationales/evol_instruct: a SELECT returning instruction ids (column "
+        "'id') to work on. Default: every instruction that has no sample yet from this teacher.",
     )
-    params: dict[str, Any] = Field(
-        default_factory=dict,
-        description="Method parameters, passed to the method's own config (e.g. num_prompt_instructions, "
-        "rounds, separator). Unknown keys are rejected when the method defines its config.",
+    params: MethodParams = Field(
+        default_factory=ResponsesConfig,
+        description="The method's own parameters (its config model in generators/: e.g. n and temperature "
+        "for responses, rounds for evol_instruct, num_samples for rationales). Sampling fields a method "
+        "leaves unset come from teacher.defaults.",
     )
     filters: FiltersConfig = Field(
         default_factory=lambda: FiltersConfig(minhash=None),
@@ -110,21 +99,30 @@ class GenerateConfig(_Section):
         "in curate (set filters.minhash here to drop them while generating).",
     )
 
-    @model_validator(mode="after")
-    def _method_params(self) -> "GenerateConfig":
-        from flows.methods import method_config
-
-        try:  # the method's own config model checks its params (names, ranges, combinations)
-            method_config(self.method, self.params, n=self.samples_per_instruction,
-                          system_prompt=self.system_prompt)
-        except InputError as err:
-            raise ValueError(str(err)) from None
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _params_of_method(cls, data: Any) -> Any:
+        """``params`` is the chosen method's config: its ``method`` is ``generate.method``."""
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method", "responses")
+        params = data.get("params")
+        if isinstance(params, BaseModel):
+            params = params.model_dump(exclude_unset=True) | {"method": getattr(params, "method", method)}
+        params = dict(params or {})
+        if params.setdefault("method", method) != method:
+            raise ValueError(f"params.method {params['method']!r} contradicts method {method!r}")
+        return {**data, "method": method, "params": params}
 
     @property
     def attempts_cap(self) -> int:
-        """The effective request budget (``max_attempts`` or 4 x target x samples)."""
-        return self.max_attempts or 4 * self.target * self.samples_per_instruction
+        """The effective request budget (``max_attempts`` or 4 x target)."""
+        return self.max_attempts or 4 * self.target
+
+    @property
+    def spec(self) -> Method:
+        """The method's row in the registry."""
+        return METHODS[self.method]
 
 
 class CurateJudgeConfig(_Section):
@@ -260,7 +258,7 @@ class PipelineConfig(_Section):
         None, description="Seed tasks JSONL (self-instruct format). Default: the shipped seed tasks."
     )
     teacher: TeacherConfig = Field(
-        default_factory=TeacherConfig, description="The teacher model and how to reach it."
+        default_factory=TransformersConfig, description="The teacher model and how to reach it."
     )
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Generation step.")
     curate: CurateConfig = Field(default_factory=CurateConfig, description="Curation step.")
@@ -321,41 +319,6 @@ def _without_secrets(value: Any) -> Any:
     return value
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem, each naming the field path: what the CLI prints."""
-    problems = []
-    for e in err.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        problems.append(f"{where}: {msg}")
-    return f"{source}: invalid config: " + "; ".join(problems)
-
-
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read and validate one YAML config file; ``overrides`` (dotted keys) win over the file."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        raise InputError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: a config is a mapping of sections, got {type(data).__name__}")
-    for dotted, value in (overrides or {}).items():
-        set_dotted(data, dotted, value)
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as err:
-        raise InputError(format_validation_error(err, str(path))) from None
-
-
-def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
-    """``set_dotted(d, "generate.target", 10)`` sets ``d["generate"]["target"] = 10``."""
-    *parents, leaf = dotted.split(".")
-    node = data
-    for key in parents:
-        node = node.setdefault(key, {})
-    node[leaf] = value
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read and validate one pipeline YAML file (None: defaults); ``overrides`` (dotted keys) win."""
+    return load_config_file(path, PipelineConfig, overrides=overrides)

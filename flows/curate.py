@@ -39,76 +39,38 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.utilities.annotations import quote
 
-from flows import artifacts
-from flows._compat import TeacherConfig
+from core.errors import InputError
+from core.text import format_prompt
+from flows import queries, reports
+from flows.artifacts import Progress, artifact_key
 from flows.config import CurateConfig, CurateJudgeConfig, _without_secrets
 from flows.filtering import SampleFilters, SampleItem
-from flows.progress import report
-from flows.runs import finish_run, run_id_for, start_run
-from generators.common import run_sync
+from flows.runs import recorded_run, run_id_for, run_sync
 from generators.judge import SingleItem, ajudge_single
+from generators.teachers.config import TeacherConfig, TransformersConfig
 from storage.datasets import create_dataset, export_dataset
-from core.errors import InputError
 from storage.store import Store
 
 EVENT = "distill.dataset.ready"
 CHUNK = 2000  # samples per filter task
 JUDGE = "judge"  # filter_decisions.filter of the LLM judge's verdicts
 
-# Samples with the filters that already judged them; the flow runs the missing ones.
-CANDIDATES_SQL = """
-SELECT s.sample_id, s.instruction_id, s.instruction, s.input, s.response, s.run_id, s.created_at,
-       list(d.filter) FILTER (WHERE d.filter IS NOT NULL) AS judged,
-       coalesce(bool_or(NOT d.kept), false) AS dropped,
-       max(d.score) FILTER (WHERE d.filter = 'judge') AS judge_score
-FROM sample_view s LEFT JOIN filter_decisions d ON d.item_id = s.sample_id
-WHERE {where}
-GROUP BY ALL
-ORDER BY s.created_at, s.sample_id"""
-
-# The dataset rows: samples no filter dropped. The literal SQL is stored with the version.
+# The dataset rows: kept samples (of one generate run, or all). This text is stored with
+# the version (the SQL that selected it) and re-runs as is, so the run id is a literal.
 DATASET_SQL = """SELECT s.instruction, s.input, s.response, s.rationale, s.label, s.system_prompt, s.sample_id
-FROM sample_view s
-WHERE {where}
-  AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.sample_id AND NOT d.kept){judged}
+FROM kept_samples s
+WHERE {where}{judged}
 ORDER BY s.sample_id"""
 # With the judge on (and judge.require_verdict): only samples it kept.
 JUDGED_SQL = """
   AND EXISTS (SELECT 1 FROM filter_decisions j WHERE j.item_id = s.sample_id AND j.filter = 'judge' AND j.kept)"""
 
-# Samples the filters kept that the judge has not scored yet, oldest first.
-JUDGE_CANDIDATES_SQL = """
-SELECT s.sample_id, s.instruction, s.input, s.response
-FROM sample_view s
-WHERE {where}
-  AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.sample_id AND (NOT d.kept OR d.filter = 'judge'))
-ORDER BY s.created_at, s.sample_id"""
-
-SENT_SQL = "SELECT count(*) AS n FROM requests WHERE run_id = '{run_id}'"
-JUDGE_SQL = """
-SELECT reason, kept, count(*) AS n, round(avg(score), 2) AS mean_score FROM filter_decisions
-WHERE run_id = '{run_id}' AND filter = 'judge' GROUP BY ALL ORDER BY kept DESC, reason"""
-NEW_ROWS_SQL = """
-SELECT count(*) AS n FROM dataset_items a
-WHERE a.dataset_name = ? AND a.version = ?
-  AND NOT EXISTS (SELECT 1 FROM dataset_items b
-                  WHERE b.dataset_name = a.dataset_name AND b.version = ? AND b.row_key = a.row_key)"""
-DECISIONS_SQL = """
-SELECT filter, reason, count(*) AS n FROM filter_decisions
-WHERE run_id = '{run_id}' AND NOT kept GROUP BY ALL ORDER BY n DESC"""
-LENGTHS_SQL = """
-SELECT len(string_split(trim(instruction), ' ')) AS instruction_words,
-       len(string_split(trim(response), ' ')) AS response_words
-FROM dataset_items WHERE dataset_name = '{name}' AND version = {version}"""
-
 _EXPORT_NAMES = {"parquet": "data.parquet", "jsonl-chat": "chat.jsonl", "jsonl-prompt": "prompt.jsonl", "hf": "hf"}
 
 
-def selection(generate_run: str | None) -> str:
-    """WHERE clause over sample_view: which samples this curation considers."""
-    if generate_run:
-        return f"s.run_id = '{run_id_for('generate', generate_run)}'"
-    return "TRUE"
+def selected_run(generate_run: str | None) -> str | None:
+    """The runs.id of the generate run a curation is restricted to (None: all samples)."""
+    return run_id_for("generate", generate_run) if generate_run else None
 
 
 @task(name="filter-chunk", task_run_name="filter-chunk-{index}", cache_policy=NO_CACHE)
@@ -122,11 +84,6 @@ def filter_chunk(index: int, rows: list[dict[str, Any]], filters: SampleFilters,
     return {"judged": len(items), "kept": len(outcome.kept), "dropped": dict(outcome.dropped)}
 
 
-def judge_question(instruction: str, input: str | None) -> str:
-    """The question the judge sees for a sample: its instruction, then its input if any."""
-    return f"{instruction}\n\n{input}" if (input or "").strip() else instruction
-
-
 @task(name="judge-batch", task_run_name="judge-batch-{index}", cache_policy=NO_CACHE)
 def judge_batch(index: int, rows: list[dict[str, Any]], teacher: Any, config: CurateJudgeConfig, store: Store,
                 run_id: str) -> dict[str, Any]:
@@ -134,7 +91,7 @@ def judge_batch(index: int, rows: list[dict[str, Any]], teacher: Any, config: Cu
 
     A failed verdict (unparseable or failed requests after the judge's retries) is stored
     as kept=false, reason 'judge_failed' (``SingleVerdict.to_decision``), never as a score."""
-    items = [SingleItem(id=r["sample_id"], question=judge_question(r["instruction"], r["input"]),
+    items = [SingleItem(id=r["sample_id"], question=format_prompt(r["instruction"], r["input"]),
                         answer=r["response"]) for r in rows]
 
     async def _judge():
@@ -154,12 +111,12 @@ def judge_batch(index: int, rows: list[dict[str, Any]], teacher: Any, config: Cu
 
 def judge_teacher_config(config: CurateJudgeConfig, teacher: TeacherConfig | None) -> TeacherConfig:
     """The judge's teacher: ``judge.teacher``, else the pipeline's, else the default teacher."""
-    return config.teacher or teacher or TeacherConfig()
+    return config.teacher or teacher or TransformersConfig()
 
 
-def _judge(store: Store, run_id: str, run_name: str, where: str, config: CurateJudgeConfig,
+def _judge(store: Store, run_id: str, run_name: str, only_run: str | None, config: CurateJudgeConfig,
            teacher: TeacherConfig | None, logger) -> dict[str, Any]:
-    rows = store.query(JUDGE_CANDIDATES_SQL.format(where=where))
+    rows = store.query(queries.JUDGE_CANDIDATES, [only_run, only_run])
     waiting = len(rows)
     if config.max_samples is not None:
         rows = rows[: config.max_samples]
@@ -167,13 +124,13 @@ def _judge(store: Store, run_id: str, run_name: str, where: str, config: CurateJ
                               "requests": 0, "sent": 0, "not_judged": waiting, "min_score": config.min_score}
     if not rows:
         return totals
-    from generators.teachers.config import build_teacher
+    from generators.teachers import build_teacher
 
     tcfg = judge_teacher_config(config, teacher)
     judge = build_teacher(tcfg, store=store, run_id=run_id)
     logger.info("judge: %d samples (of %d not judged yet) with %s/%s, keep score >= %s", len(rows), waiting,
                 tcfg.backend, judge.model, config.min_score)
-    progress = artifacts.Progress(artifacts.artifact_key("curate", run_name, "judge-progress"), "Samples judged")
+    progress = Progress(artifact_key("curate", run_name, "judge-progress"), "Samples judged", stage="judge")
     try:
         for i in range(0, len(rows), config.batch_size):
             out = judge_batch(i // config.batch_size + 1, quote(rows[i: i + config.batch_size]), quote(judge),
@@ -181,13 +138,12 @@ def _judge(store: Store, run_id: str, run_name: str, where: str, config: CurateJ
             for k in ("judged", "kept", "low_score", "judge_failed", "requests"):
                 totals[k] += out[k]
             progress.update(totals["judged"], len(rows))
-            report("judge", totals["judged"], len(rows))
     finally:
         judge.close()
         progress.finish()
     totals["not_judged"] = waiting - totals["judged"]
     # Requests this run paid for (the rest of totals["requests"] were answered by the ledger).
-    totals["sent"] = store.query(SENT_SQL.format(run_id=run_id))[0]["n"]
+    totals["sent"] = store.query(queries.RUN_REQUESTS_SENT, [run_id])[0]["n"]
     return totals
 
 
@@ -216,28 +172,24 @@ def curate_flow(
     params = {"curate": curate.model_dump(mode="json"), "generate_run": generate_run}
     if curate.judge is not None and curate.judge.enabled:
         params["judge_teacher"] = _without_secrets(judge_teacher_config(curate.judge, teacher).model_dump(mode="json"))
-    run = start_run(store, "curate", run_name, params)
-    try:
+    with recorded_run(store, "curate", run_name, params) as run:
         summary = _curate(store, run.id, run_name, curate, generate_run, logger, teacher)
-    except BaseException:
-        finish_run(store, run, "failed", {})
-        raise
-    finish_run(store, run, "completed", summary)
-    _publish(store, run.id, run_name, summary)
+        run.finish("completed", summary)
+    reports.publish_curate(store, run.id, run_name, summary)
     logger.info("curate %s: %s", run_name, summary["message"])
     return summary
 
 
 def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, generate_run: str | None,
             logger, teacher: TeacherConfig | None = None) -> dict[str, Any]:
-    where = selection(generate_run or (run_name if config.only_this_run else None))
+    only_run = selected_run(generate_run or (run_name if config.only_this_run else None))
     filters = SampleFilters(config.filters, run_id=run_id)
     names = set(filters.names)
-    rows = [r for r in store.query(CANDIDATES_SQL.format(where=where))
+    rows = [r for r in store.query(queries.CURATE_CANDIDATES, [only_run, only_run])
             if not r["dropped"] and names - set(r["judged"] or ())]
     filters.load(store)
     totals: dict[str, Any] = {"candidates": len(rows), "judged": 0, "kept": 0, "dropped": {}}
-    progress = artifacts.Progress(artifacts.artifact_key("curate", run_name, "progress"), "Samples judged")
+    progress = Progress(artifact_key("curate", run_name, "progress"), "Samples judged", stage="curate")
     for i in range(0, len(rows), CHUNK):
         out = filter_chunk(i // CHUNK + 1, quote(rows[i: i + CHUNK]), quote(filters), quote(store))
         totals["judged"] += out["judged"]
@@ -245,22 +197,23 @@ def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, gene
         for k, n in out["dropped"].items():
             totals["dropped"][k] = totals["dropped"].get(k, 0) + n
         progress.update(totals["judged"], len(rows))
-        report("curate", totals["judged"], len(rows))
     progress.finish()
 
     judge_on = config.judge is not None and config.judge.enabled
     if judge_on:
-        totals["judge"] = _judge(store, run_id, run_name, where, config.judge, teacher, logger)
+        totals["judge"] = _judge(store, run_id, run_name, only_run, config.judge, teacher, logger)
     judged_sql = JUDGED_SQL if judge_on and config.judge.require_verdict else ""
+    where = "TRUE" if only_run is None else f"s.run_id = {queries.sql_literal(only_run)}"
     sql = config.sql or DATASET_SQL.format(where=where, judged=judged_sql)
-    count = store.query(f"SELECT count(*) AS n FROM ({sql})")[0]["n"]
+    count = store.query(queries.COUNT_ROWS.format(sql=sql))[0]["n"]
     if count < config.min_rows:
         raise InputError(f"curate: only {count} kept rows match the selection, fewer than curate.min_rows="
                          f"{config.min_rows}; generate more or lower min_rows")
     info = create_dataset(store, config.dataset, sql, eval_fraction=config.eval_fraction, seed=config.split_seed,
                           run_id=run_id)
     previous = info.version - 1
-    n_new = info.n_rows if previous < 1 else store.query(NEW_ROWS_SQL, [info.name, info.version, previous])[0]["n"]
+    n_new = (info.n_rows if previous < 1
+             else store.query(queries.NEW_DATASET_ROWS, [info.name, info.version, previous])[0]["n"])
     exports = {}
     for fmt in config.export_formats:
         path = Path(config.export_dir) / info.name / f"v{info.version}" / _EXPORT_NAMES[fmt]
@@ -287,46 +240,3 @@ def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, gene
 def _judge_message(j: dict[str, Any]) -> str:
     return (f"; the judge scored {j['judged']}: kept {j['kept']}, {j['low_score']} below {j['min_score']:g}, "
             f"{j['judge_failed']} failed")
-
-
-def _publish(store: Store, run_id: str, run_name: str, s: dict[str, Any]) -> None:
-    counts = {"candidates": s["candidates"], "judged": s["judged"], "kept": s["kept"]}
-    counts.update({f"dropped by {k}": v for k, v in s["dropped"].items()})
-    if "judge" in s:
-        j = s["judge"]
-        counts.update({"judge: not judged before": j["candidates"], "judge: judged": j["judged"],
-                       "judge: kept": j["kept"], "judge: dropped low_score": j["low_score"],
-                       "judge: dropped judge_failed": j["judge_failed"], "judge: requests": j["requests"],
-                       "judge: requests sent": j.get("sent", 0)})
-    counts.update({"dataset rows": s["rows"], "train": s["train"], "eval": s["eval"], "new rows": s["new_rows"]})
-    artifacts.publish_counts(artifacts.artifact_key("curate", run_name, "counts"), counts,
-                             f"Curation counts for run {run_name}")
-    r = artifacts.Report(f"Curation report: {run_name}")
-    r.text(f"**{s['message']}**")
-    ref_sql = f"SELECT * FROM datasets WHERE name = '{s['dataset']}' AND version = {s['version']}"
-    r.number("dataset rows", s["rows"], ref_sql).number("train", s["train"], ref_sql).number("eval", s["eval"], ref_sql)
-    r.number("new rows vs previous version", s["new_rows"],
-             NEW_ROWS_SQL.replace("?", f"'{s['dataset']}'", 1).replace("?", str(s["version"]), 1)
-             .replace("?", str(s["version"] - 1), 1).strip())
-    drops_sql = DECISIONS_SQL.format(run_id=run_id).strip()
-    r.heading("Dropped in this run, by filter and reason").table(store.query(drops_sql), sql=drops_sql)
-    if "judge" in s:
-        judge_sql = JUDGE_SQL.format(run_id=run_id).strip()
-        r.heading(f"LLM judge (keep score >= {s['judge']['min_score']:g})").table(store.query(judge_sql), sql=judge_sql)
-    stages = [("candidates", s["candidates"])]
-    left = s["candidates"]
-    for key, n in s["dropped"].items():
-        left -= n
-        stages.append((f"after {key}", left))
-    if "judge" in s and s["judge"]["judged"]:
-        stages += [("judge: scored", s["judge"]["judged"]), ("judge: kept", s["judge"]["kept"])]
-    lengths_sql = LENGTHS_SQL.format(name=s["dataset"], version=s["version"]).strip()
-    rows = store.query(lengths_sql)
-    r.heading("Plots").image("Filter funnel", artifacts.funnel_chart(stages))
-    r.image("Dataset lengths (words)", artifacts.length_histogram(
-        {"instruction": [x["instruction_words"] for x in rows], "response": [x["response_words"] for x in rows]},
-        title=f"{s['dataset']}@{s['version']}: length in words"))
-    r.heading("The SQL that selected this version").text(f"```sql\n{s['sql']}\n```")
-    if s["exports"]:
-        r.heading("Exports").text("\n".join(f"- {fmt}: `{path}`" for fmt, path in s["exports"].items()))
-    r.publish(artifacts.artifact_key("curate", run_name, "report"))

@@ -22,39 +22,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from filters import exact, minhash, quality, rouge
 from filters.base import Decision, to_record
 from filters.config import FilterConfig
 from filters.exact import ExactDedup
 from filters.minhash import MinHashIndex
 from filters.quality import QualityFilter
 from filters.rouge import RougeNovelty
+from flows import queries
 from storage.records import FilterDecision, MinHashSignature, Record
 
-F_EXACT = "exact"
-F_QUALITY = "quality"
-F_MINHASH = "minhash"
-F_ROUGE = "rouge_novelty"
+F_EXACT, F_QUALITY, F_MINHASH, F_ROUGE = exact.NAME, quality.NAME, minhash.NAME, rouge.NAME
 ORDER = (F_EXACT, F_QUALITY, F_MINHASH, F_ROUGE)
-
-# Samples no filter dropped: what datasets are made of.
-KEPT_SAMPLES_SQL = """
-SELECT s.* FROM sample_view s
-WHERE NOT EXISTS (
-    SELECT 1 FROM filter_decisions d WHERE d.item_id = s.sample_id AND NOT d.kept
-)"""
-
-# What the filters need to know about samples already kept (their pools).
-_KEPT_STATE_SQL = """
-SELECT s.id AS sample_id, s.instruction_id, i.text AS instruction
-FROM samples s JOIN instructions i ON i.id = s.instruction_id
-WHERE EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.id AND d.filter IN ({names}))
-  AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.id AND NOT d.kept)
-  AND coalesce(s.run_id, '') <> ?"""
-
-_SIGNATURES_SQL = """
-SELECT m.item_id, m.config, m.signature FROM minhash_signatures m
-WHERE m.config = ?
-  AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.id = m.item_id AND coalesce(s.run_id, '') = ?)"""
 
 
 @dataclass(frozen=True)
@@ -122,8 +101,7 @@ class SampleFilters:
         them, and must not find them to be duplicates of themselves)."""
         if not self.names or not store.path.exists():
             return 0
-        names = ", ".join(f"'{n}'" for n in self.names)
-        rows = store.query(_KEPT_STATE_SQL.format(names=names), [exclude_run or ""])
+        rows = store.query(queries.KEPT_POOL, [list(self.names), exclude_run or ""])
         if self.exact is not None:
             self.exact.add_keys(r["sample_id"] for r in rows)
         if self.rouge is not None:
@@ -132,7 +110,7 @@ class SampleFilters:
                     self._rouge_kept.add(r["instruction_id"])
                     self.rouge.add(r["instruction"])
         if self.minhash is not None:
-            self.minhash.load(store.query(_SIGNATURES_SQL, [self.minhash.config, exclude_run or ""]))
+            self.minhash.load(store.query(queries.MINHASH_SIGNATURES, [self.minhash.config, exclude_run or ""]))
         return len(rows)
 
     # -- deciding -------------------------------------------------------------------------
@@ -163,7 +141,7 @@ class SampleFilters:
 
     def _decide(self, name: str, item: SampleItem, sig) -> Decision:
         if name == F_EXACT:
-            return Decision.drop("exact_duplicate") if item.sample_id in self.exact else Decision.keep()
+            return self.exact.check(item.sample_id)
         if name == F_QUALITY:
             return self.quality.check(item.response, item.judge_score)
         if name == F_MINHASH:

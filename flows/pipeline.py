@@ -13,17 +13,16 @@ so the Prefect UI renders the whole config as a form.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from prefect import flow, get_run_logger
 
 from flows.config import PipelineConfig
 from flows.curate import curate_flow
-from flows.generate import generate_flow, ingest_shipped_seeds
-from flows.runs import finish_run, start_run
-from storage.store import Store
+from flows.generate import generate_flow, ingest_seed_file
+from flows.runs import recorded_run, run_sync
 from flows.train import train_flow
+from storage.store import Store
 
 
 @flow(name="pipeline", flow_run_name="pipeline-{config.run_name}", log_prints=True)
@@ -32,47 +31,27 @@ def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     logger = get_run_logger()
     store = Store(config.db)
     store.init()
-    run = start_run(store, "pipeline", config.run_name, config.safe_dump())
     out: dict[str, Any] = {"run_name": config.run_name, "db": str(store.path)}
-    try:
-        if not config.skip.seeds:
-            out["seeds"] = {"new_instructions": ingest_shipped_seeds(store, config.seeds)}
-            logger.info("seeds: %d new instructions", out["seeds"]["new_instructions"])
-        if not config.skip.generate:
-            out["generate"] = asyncio.run(_generate(config)) if _no_loop() else _run_async(_generate(config))
-        if not config.skip.curate:
-            out["curate"] = curate_flow(run_name=config.run_name, curate=config.curate, db=config.db,
-                                        generate_run=config.run_name if config.curate.only_this_run else None,
-                                        teacher=config.teacher)
-        if not config.skip.train or not config.skip.evaluate:
-            version = out.get("curate", {}).get("version")
-            out["train"] = train_flow(dataset=config.curate.dataset, dataset_version=version, train=config.train,
-                                      evaluate=config.evaluate, skip_evaluate=config.skip.evaluate,
-                                      run_name=config.run_name, db=config.db)
-    except BaseException:
-        finish_run(store, run, "failed", _brief(out))
-        raise
-    finish_run(store, run, "completed", _brief(out))
+    with recorded_run(store, "pipeline", config.run_name, config.safe_dump()) as run:
+        try:
+            if not config.skip.seeds:
+                out["seeds"] = {"new_instructions": ingest_seed_file(store, config.seeds)}
+                logger.info("seeds: %d new instructions", out["seeds"]["new_instructions"])
+            if not config.skip.generate:
+                out["generate"] = run_sync(generate_flow(run_name=config.run_name, teacher=config.teacher,
+                                                         generate=config.generate, db=config.db, seeds=config.seeds))
+            if not config.skip.curate:
+                out["curate"] = curate_flow(run_name=config.run_name, curate=config.curate, db=config.db,
+                                            generate_run=config.run_name if config.curate.only_this_run else None,
+                                            teacher=config.teacher)
+            if not config.skip.train or not config.skip.evaluate:
+                version = out.get("curate", {}).get("version")
+                out["train"] = train_flow(dataset=config.curate.dataset, dataset_version=version,
+                                          train=config.train, evaluate=config.evaluate,
+                                          skip_evaluate=config.skip.evaluate, run_name=config.run_name, db=config.db)
+        finally:  # what the steps that ran produced, also when a later one failed
+            run.finish("completed", _brief(out))
     return out
-
-
-async def _generate(config: PipelineConfig) -> dict[str, Any]:
-    return await generate_flow(run_name=config.run_name, teacher=config.teacher, generate=config.generate,
-                               db=config.db, seeds=config.seeds)
-
-
-def _no_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return True
-    return False
-
-
-def _run_async(coro):
-    from generators.common import run_sync
-
-    return run_sync(coro)
 
 
 def _brief(out: dict[str, Any]) -> dict[str, Any]:

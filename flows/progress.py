@@ -1,7 +1,8 @@
 """Where flows report progress besides Prefect: the terminal of the `distill` command.
 
-A flow calls ``report(...)`` after each unit of work; the CLI installs a sink that drives
-a rich progress bar. With no sink installed (a worker, the UI, a test) it does nothing.
+Flows report through ``flows.artifacts.Progress`` (a Prefect artifact), which passes every
+update on to ``report(...)`` here; the CLI installs a sink that drives a rich progress
+bar. With no sink installed (a worker, the UI, a test) it does nothing.
 
     with progress_sink(my_fn):        # my_fn(stage, done, total, info)
         generate_flow(...)
@@ -33,8 +34,3 @@ def progress_sink(sink: Sink) -> Iterator[None]:
         yield
     finally:
         _sink = previous
-
-
-def terminal_active() -> bool:
-    """True while a terminal sink is installed (the CLI): steps may draw their own bars."""
-    return _sink is not None

@@ -1,25 +1,31 @@
 """One ``runs`` row per named flow run: what ran, with what config, and what it produced.
 
+    with recorded_run(store, "generate", "nightly", config) as run:   # status 'running'
+        ...                                                           # records carry run.id
+        run.finish("completed", counts)
+    # leaving the block records the outcome; an exception records 'failed' and goes on
+
 The row's id is derived from the flow and the run name, so re-running a name (to resume
-it) updates the same row, and every record the run produced carries that id:
-
-    run = start_run(store, "generate", "nightly", config)     # status 'running'
-    ...
-    finish_run(store, run, "completed", counts)               # status, counts, ended_at
-
+it) updates the same row, and every record the run produced carries that id.
 ``select flow, name, status, counts from runs`` then says what each run did.
+
+Also here, the process-level helpers every flow uses: ``freeze_startup_heap`` and
+``run_sync`` (a coroutine from sync code, also inside a running event loop).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import threading
-from typing import Any
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 from storage.records import Run, content_key, utcnow
-from storage.store import code_version
+from storage.store import Store, code_version
 
-
+T = TypeVar("T")
 _heap_frozen = threading.Event()
 
 
@@ -29,10 +35,10 @@ def freeze_startup_heap() -> None:
     A worker that imported Prefect, pydantic, DuckDB and matplotlib holds some 250,000
     objects that live as long as the process. Each full (generation 2) collection walks
     them all: 0.3 s on a 2-vCPU machine, during which the event loop, and every request
-    waiting on it, stands still (see BENCHMARKS.md, the generate flow). ``gc.freeze()``
-    moves them to the permanent generation once, so the later collections walk only
-    what the runs themselves allocate. Cyclic garbage left before the first run is never
-    collected: a one-off, bounded amount.
+    waiting on it, stands still (BENCHMARKS.md, the generate flow). ``gc.freeze()`` moves
+    them to the permanent generation once, so later collections walk only what the runs
+    allocate. Cyclic garbage left before the first run is never collected: a one-off,
+    bounded amount.
     """
     if not _heap_frozen.is_set():
         _heap_frozen.set()
@@ -44,7 +50,8 @@ def run_id_for(flow: str, run_name: str) -> str:
     return content_key("run", flow, run_name)
 
 
-def _prefect_flow_run_id() -> str | None:
+def prefect_flow_run_id() -> str | None:
+    """The id of the Prefect flow run this code runs in (None outside one)."""
     try:
         from prefect.context import FlowRunContext
 
@@ -54,23 +61,65 @@ def _prefect_flow_run_id() -> str | None:
         return None
 
 
-def start_run(store: Any, flow: str, run_name: str, config: dict[str, Any]) -> Run:
-    """Write (or reopen) the run's row with status 'running'."""
+class RecordedRun:
+    """The run a ``recorded_run`` block is in: its id, and the outcome to record."""
+
+    def __init__(self, run: Run) -> None:
+        self.record = run
+        self.status = "completed"
+        self.counts: dict[str, Any] = {}
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    def finish(self, status: str, counts: dict[str, Any]) -> None:
+        """The outcome written when the block ends (default: 'completed', no counts)."""
+        self.status, self.counts = status, counts
+
+
+@contextmanager
+def recorded_run(store: Store, flow: str, run_name: str, config: dict[str, Any]) -> Iterator[RecordedRun]:
+    """Write (or reopen) the run's row as 'running'; at the end record its outcome, or
+    'failed' when the block raises (the exception goes on)."""
     run = Run(id=run_id_for(flow, run_name), name=run_name, flow=flow, status="running", config=config,
-              prefect_flow_run_id=_prefect_flow_run_id(), code_version=code_version())
-    with store.write() as con:  # reopening a finished run: the upsert refuses, so update here
+              prefect_flow_run_id=prefect_flow_run_id(), code_version=code_version())
+    with store.write() as con:  # reopening a finished run: the upsert refuses, so replace it here
         con.execute("DELETE FROM runs WHERE id = ?", [run.id])
-        con.execute(
-            "INSERT INTO runs (id, name, flow, status, config, counts, prefect_flow_run_id, code_version, "
-            "started_at, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-            [run.id, run.name, run.flow, run.status, run.row()["config"], "{}", run.prefect_flow_run_id,
-             run.code_version, run.started_at],
-        )
-    return run
+        store.insert(con, [run])
+    handle = RecordedRun(run)
+    try:
+        yield handle
+    except BaseException:
+        _finish(store, run, "failed", handle.counts)
+        raise
+    _finish(store, run, handle.status, handle.counts)
 
 
-def finish_run(store: Any, run: Run, status: str, counts: dict[str, Any]) -> Run:
-    """Record the run's outcome. Goes through ingest, so a busy database spools it."""
-    done = run.model_copy(update={"status": status, "counts": counts, "ended_at": utcnow()})
-    store.ingest([done])
-    return done
+def _finish(store: Store, run: Run, status: str, counts: dict[str, Any]) -> None:
+    # Through ingest: a busy database spools the outcome to the journal instead of failing.
+    store.ingest([run.model_copy(update={"status": status, "counts": counts, "ended_at": utcnow()})])
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code, also when an event loop already runs in
+    this thread (a sync flow or task called from an async flow): then in a short-lived
+    thread of its own, since ``asyncio.run`` refuses to nest."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="distill-run-sync")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -18,18 +18,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows import artifacts
+from flows import reports
+from flows.artifacts import Progress, artifact_key
 from flows.config import EvaluateConfig
-from flows.progress import report
-from flows.runs import finish_run, start_run
+from flows.runs import prefect_flow_run_id, recorded_run
 from storage.datasets import get_dataset
 from storage.store import Store
 from training.config import TrainConfig
-
-EVALUATIONS_SQL = """
-SELECT model_label, metric, round(value, 4) AS value, n FROM evaluations
-WHERE run_id = '{run_id}' ORDER BY id"""
-TRAINING_RUN_SQL = "SELECT id, method, final_loss, checkpoint_path, status FROM training_runs WHERE id = '{id}'"
 
 
 @task(name="train-student", cache_policy=NO_CACHE)
@@ -37,17 +32,16 @@ def train_student(config: TrainConfig, store: Store, dataset: str, version: int,
     """training.train.train with a Prefect progress artifact (and the terminal's bar)."""
     from training.train import train
 
-    progress = artifacts.Progress(artifacts.artifact_key("train", run_name, "progress"), "Training steps",
-                                  min_interval_s=2.0)
+    progress = Progress(artifact_key("train", run_name, "progress"), "Training steps", stage="train",
+                        min_interval_s=2.0)
 
     def on_progress(info: dict[str, Any]) -> None:
         total = info.get("total") or 0
         progress.update(info.get("step", 0), total or 1,
-                        description=f"step {info.get('step')}/{total}, loss {info.get('loss')}")
-        report("train", info.get("step", 0), total, loss=info.get("loss"))
+                        description=f"step {info.get('step')}/{total}, loss {info.get('loss')}", loss=info.get("loss"))
 
     result = train(config, store=store, dataset=dataset, version=version, on_progress=on_progress,
-                   show_progress=False, flow_run_id=_flow_run_id())
+                   show_progress=False, flow_run_id=prefect_flow_run_id())
     progress.finish()
     return result.model_dump()
 
@@ -69,12 +63,6 @@ def _prefixes(models: dict[str, str], config: TrainConfig) -> dict[str, str] | N
     if config.method != "distill":
         return None
     return {label: "predict: " for label in models if label != "teacher"}
-
-
-def _flow_run_id() -> str | None:
-    from flows.runs import _prefect_flow_run_id
-
-    return _prefect_flow_run_id()
 
 
 @flow(name="train", flow_run_name="train-{dataset}", log_prints=True)
@@ -103,11 +91,10 @@ def train_flow(
     store.init()
     info = get_dataset(store, dataset, dataset_version)
     name = run_name or f"{info.name}-v{info.version}-{train.method}"
-    run = start_run(store, "train", name, {"dataset": info.name, "dataset_version": info.version,
-                                           "train": train.model_dump(mode="json"),
-                                           "evaluate": evaluate.model_dump(mode="json")})
+    config = {"dataset": info.name, "dataset_version": info.version, "train": train.model_dump(mode="json"),
+              "evaluate": evaluate.model_dump(mode="json")}
     logger.info("training %s on %s (%d train rows)", train.method, info.ref, info.n_train)
-    try:
+    with recorded_run(store, "train", name, config) as run:
         result = train_student(train, store, info.name, info.version, name)
         summary: dict[str, Any] = {
             "dataset": info.name, "version": info.version, "method": train.method,
@@ -117,13 +104,10 @@ def train_flow(
         }
         if not skip_evaluate:
             summary["evaluations"] = _evaluate(store, info.name, info.version, train, evaluate, result, run.id)
-    except BaseException:
-        finish_run(store, run, "failed", {})
-        raise
-    summary["message"] = (f"trained {train.method} on {info.ref}: final loss {result['final_loss']:.4f}, "
-                          f"checkpoint {result['checkpoint']}")
-    finish_run(store, run, "completed", {k: v for k, v in summary.items() if k != "evaluations"})
-    _publish(store, run.id, name, summary, result["loss_history"])
+        summary["message"] = (f"trained {train.method} on {info.ref}: final loss {result['final_loss']:.4f}, "
+                              f"checkpoint {result['checkpoint']}")
+        run.finish("completed", {k: v for k, v in summary.items() if k != "evaluations"})
+    reports.publish_train(run.id, name, summary, result["loss_history"])
     logger.info(summary["message"])
     return summary
 
@@ -142,40 +126,3 @@ def _evaluate(store, dataset: str, version: int, train: TrainConfig, evaluate: E
     models[after] = evaluate.model_path or result["checkpoint"]
     return evaluate_students(models, store, dataset, version, train, str(teacher) if teacher else None, run_id,
                              {after: result["run_id"]})
-
-
-def evaluation_rows(evaluations: list[dict]) -> list[dict[str, Any]]:
-    """One row per model with its metrics, for tables (CLI, report)."""
-    from training.evaluate import METRIC_TITLES
-
-    rows = []
-    for e in evaluations:
-        row: dict[str, Any] = {"model": e["label"]}
-        for metric, title in METRIC_TITLES.items():
-            if metric in e["metrics"]:
-                row[title] = round(e["metrics"][metric], 4 if metric == "kl_teacher_student" else 2)
-        row["n"] = max(e["counts"].values(), default=0)
-        rows.append(row)
-    return rows
-
-
-def _publish(store, run_id: str, name: str, s: dict[str, Any], loss_history: list[dict]) -> None:
-    m = s["metrics"]
-    counts = {"dataset": f"{s['dataset']}@{s['version']}", "method": s["method"], "steps": m.get("steps"),
-              "train rows": m.get("train_rows"), "final loss": s["final_loss"],
-              "tokens/s": round(m["tokens_per_s"], 1) if m.get("tokens_per_s") else None}
-    artifacts.publish_counts(artifacts.artifact_key("train", name, "counts"), counts, f"Training run {name}")
-    r = artifacts.Report(f"Training report: {name}")
-    r.text(f"**{s['message']}**")
-    tr_sql = TRAINING_RUN_SQL.format(id=s["training_run_id"])
-    r.number("final loss", s["final_loss"], tr_sql).number("steps", m.get("steps"), tr_sql)
-    if loss_history:
-        r.heading("Loss").image("Training loss", artifacts.loss_curve(
-            [p["step"] for p in loss_history], [p["loss"] for p in loss_history], title=f"{s['method']} loss"))
-        r.text(f"Per-step losses: `SELECT loss_history FROM training_runs WHERE id = '{s['training_run_id']}'`")
-    if s["evaluations"]:
-        ev_sql = EVALUATIONS_SQL.format(run_id=run_id).strip()
-        r.heading("Evaluation on the held-out split").table(evaluation_rows(s["evaluations"]), sql=ev_sql)
-        artifacts.publish_table(artifacts.artifact_key("train", name, "evaluation"), evaluation_rows(s["evaluations"]),
-                                f"Before/after evaluation, {s['dataset']}@{s['version']}")
-    r.publish(artifacts.artifact_key("train", name, "report"))

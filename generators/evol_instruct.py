@@ -25,11 +25,12 @@ replaces its parent. Every evolved ``Instruction`` records ``parent_id``, ``oper
         union all select i.* from instructions i join chain c on i.id = c.parent_id)
     select round, operator, text from chain order by round
 
-A flow runs one round at a time over batches (``evol_round``); ``run_evol_instruct`` runs
-all M rounds (default 4) over a list of instructions::
+``aevol_round`` evolves one batch once; ``EvolRunner`` drives all M rounds (default 4)
+over a pool in batches, each round's survivors (or their parents) forming the next
+round's pool, as the generate flow runs it::
 
-    result = run_evol_instruct(teacher, seed_instructions, EvolInstructConfig(rounds=2))
-    store.ingest(result.records)
+    step = await aevol_round(teacher, instructions, EvolInstructConfig(), rng=rng, round=1)
+    store.ingest(step.records)
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from generators.common import Counts, MethodResult, instruction_prompt, make_request, params_of, run_sync
+from core.errors import InputError
+from core.text import format_prompt
+from generators.common import Batch, Counts, MethodResult, make_request, params_of, rng_for
 from generators.teachers.base import Teacher
 from generators.templates import load_template
 from storage.records import FilterDecision, Instruction, Sample, normalize_text
@@ -79,7 +82,9 @@ class EvolInstructConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rounds: int = Field(4, ge=1, description="Evolution rounds M (run_evol_instruct).")
+    method: Literal["evol_instruct"] = Field("evol_instruct", description="evol_instruct: the teacher rewrites "
+                                             "instructions to be harder (WizardLM).")
+    rounds: int = Field(4, ge=1, description="Evolution rounds M.")
     operators: list[str] = Field(default_factory=lambda: list(OPERATORS), description="Operators to choose "
                                  "from uniformly at random, per instruction per round: " + ", ".join(OPERATORS) + ".")
     request_format: Literal["chat", "completion"] = Field("chat", description="Send prompts as chat messages "
@@ -128,7 +133,7 @@ class EvolRoundResult(MethodResult):
 
 def evolve_prompt(instruction: Instruction, operator: str, config: EvolInstructConfig) -> tuple[str, str]:
     """The evolving prompt for ``instruction`` under ``operator``, and its template ref."""
-    prompt = instruction_prompt(instruction.text, instruction.input)
+    prompt = format_prompt(instruction.text, instruction.input)
     if operator == IN_BREADTH:
         template = load_template("evol_in_breadth")
         return template.render(prompt=prompt), template.ref
@@ -227,7 +232,7 @@ async def aevol_round(teacher: Teacher, instructions: Sequence[Instruction], con
             cand.reason = "truncated"
         elif copies_prompt_wording(text, config.copied_phrases):
             cand.reason = "copied_prompt_wording"
-        elif normalize_text(text) == normalize_text(instruction_prompt(parent.text, parent.input)):
+        elif normalize_text(text) == normalize_text(format_prompt(parent.text, parent.input)):
             cand.reason = "no_information_gain"
         candidates.append(cand)
         cand.instruction.metadata["pool_position"] = pos
@@ -237,14 +242,14 @@ async def aevol_round(teacher: Teacher, instructions: Sequence[Instruction], con
     answer_template = load_template("responses")
     equality_template = load_template("evol_equality")
     answer_requests = [
-        make_request(config.request_format, answer_template.render(instruction=c.instruction.text, input_block=""),
+        make_request(config.request_format, answer_template.render(prompt=format_prompt(c.instruction.text)),
                      system=config.system_prompt, tag="evol_instruct.answer",
                      temperature=config.response_temperature, max_tokens=config.response_max_tokens)
         for c in live
     ]
     equality_requests = [
         make_request(config.request_format,
-                     equality_template.render(first=instruction_prompt(c.parent.text, c.parent.input),
+                     equality_template.render(first=format_prompt(c.parent.text, c.parent.input),
                                               second=c.instruction.text),
                      system=config.system_prompt, tag="evol_instruct.equality", temperature=0.0, max_tokens=8)
         for c in live
@@ -298,35 +303,46 @@ async def aevol_round(teacher: Teacher, instructions: Sequence[Instruction], con
     return result
 
 
-def evol_round(teacher: Teacher, instructions: Sequence[Instruction], config: EvolInstructConfig, *,
-               rng: random.Random, round: int = 1, run_id: str | None = None) -> EvolRoundResult:
-    """Sync wrapper of :func:`aevol_round`."""
-    return run_sync(aevol_round(teacher, instructions, config, rng=rng, round=round, run_id=run_id))
+class EvolRunner:
+    """Evol-Instruct rounds over a pool, one slice of the pool per batch; each batch's
+    ``pool`` (survivors, else their parents) forms the next round's pool."""
 
+    parallel = False
+    method = "evol_instruct"
 
-def _as_instructions(items: Sequence[Instruction | str]) -> list[Instruction]:
-    return [i if isinstance(i, Instruction) else Instruction(text=i, method="seed") for i in items]
+    def __init__(self, instructions: Sequence[Instruction], config: EvolInstructConfig, *, run_name: str,
+                 batch_size: int, run_id: str | None = None) -> None:
+        if not instructions:
+            raise InputError("Evol-Instruct needs instructions to evolve: ingest seeds or give instructions_file")
+        self.config = config
+        self.pool = list(instructions)
+        self.next_pool: list[Instruction] = []
+        self.round = 1
+        self.pos = 0
+        self.rng = rng_for(run_name, self.method)
+        self.batch_size = batch_size
+        self.run_id = run_id
+        self.batches = 0
 
+    def next_batch(self, max_requests: int) -> Batch[tuple[int, list[Instruction]]] | None:
+        if self.pos >= len(self.pool):
+            if self.round >= self.config.rounds:
+                return None
+            self.round += 1
+            self.pool, self.next_pool, self.pos = self.next_pool, [], 0
+        size = min(self.batch_size, max_requests // 3 or 0, len(self.pool) - self.pos)
+        if size <= 0:
+            return None
+        items = self.pool[self.pos: self.pos + size]
+        self.pos += size
+        self.batches += 1
+        return Batch(self.batches, (self.round, items), requests=3 * size, max_samples=size)
 
-async def arun_evol_instruct(teacher: Teacher, instructions: Sequence[Instruction | str],
-                             config: EvolInstructConfig | None = None, *, seed: int = 0,
-                             run_id: str | None = None) -> EvolRoundResult:
-    """All ``config.rounds`` rounds; the result's ``pool`` is the final pool, and its
-    records hold every kept evolution of every round with its answer."""
-    config = config or EvolInstructConfig()
-    rng = random.Random(seed)
-    pool = _as_instructions(instructions)
-    total = EvolRoundResult()
-    for r in range(1, config.rounds + 1):
-        step = await aevol_round(teacher, pool, config, rng=rng, round=r, run_id=run_id)
-        total.extend(step)
-        pool = step.pool
-    total.pool = pool
-    return total
+    async def run(self, teacher: Teacher, batch: Batch[tuple[int, list[Instruction]]]) -> EvolRoundResult:
+        round_, items = batch.payload
+        step = await aevol_round(teacher, items, self.config, rng=self.rng, round=round_, run_id=self.run_id)
+        step.counts = {**step.counts, "round": round_}
+        return step
 
-
-def run_evol_instruct(teacher: Teacher, instructions: Sequence[Instruction | str],
-                      config: EvolInstructConfig | None = None, *, seed: int = 0,
-                      run_id: str | None = None) -> EvolRoundResult:
-    """Sync wrapper of :func:`arun_evol_instruct`."""
-    return run_sync(arun_evol_instruct(teacher, instructions, config, seed=seed, run_id=run_id))
+    def absorb(self, batch: Batch[tuple[int, list[Instruction]]], result: EvolRoundResult) -> None:
+        self.next_pool.extend(result.pool)

@@ -1,11 +1,11 @@
 """LLM-as-judge: the teacher scores answers from 1 to 10 (Zheng et al. 2023; Lion, Jiang et al. 2023).
 
-- **Pairwise** (``judge_pairwise``): two answers to one question, each scored 1-10 for
+- **Pairwise** (``ajudge_pairwise``): two answers to one question, each scored 1-10 for
   helpfulness, relevance, accuracy and level of detail. The judge writes its explanation
   first and the two scores on a last line ``Scores: <1> <2>``. Judges favour a position,
   so each pair is judged twice with the answers swapped and the two scores of each answer
   are averaged. Lion's discrimination step uses the gap between teacher and student.
-- **Single answer** (``judge_single``): one answer scored 1-10 (``Score: <n>``), e.g. for
+- **Single answer** (``ajudge_single``): one answer scored 1-10 (``Score: <n>``), e.g. for
   a quality filter: ``verdict.to_decision(sample.id, threshold=7)``.
 
 A verdict that does not parse (or a failed request) is asked again, up to ``max_retries``
@@ -13,7 +13,7 @@ times, each retry a new sample (``sample_index`` 1, 2, ...: its own ledger key) 
 ``retry_temperature`` so a deterministic judge can answer differently; after that the
 verdict is returned with ``ok=False`` and its error, never a made-up score.
 
-    verdicts = judge_pairwise(teacher, [PairwiseItem(question=q, answer_a=t, answer_b=s)])
+    verdicts = await ajudge_pairwise(teacher, [PairwiseItem(question=q, answer_a=t, answer_b=s)])
     if verdicts[0].ok:
         print(verdicts[0].score_a, verdicts[0].score_b, verdicts[0].winner)
 """
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from generators.common import make_request, run_sync
+from generators.common import make_request
 from generators.teachers.base import Teacher
 from generators.templates import load_template
 from storage.records import FilterDecision
@@ -248,15 +248,3 @@ async def ajudge_single(teacher: Teacher, items: Sequence[SingleItem],
         verdicts.append(SingleVerdict(id=it.id, ok=True, score=parsed[0], explanation=parsed[1], call=call,
                                       template_version=template.ref))
     return verdicts
-
-
-def judge_pairwise(teacher: Teacher, items: Sequence[PairwiseItem],
-                   config: JudgeConfig | None = None) -> list[PairwiseVerdict]:
-    """Sync wrapper of :func:`ajudge_pairwise`."""
-    return run_sync(ajudge_pairwise(teacher, items, config))
-
-
-def judge_single(teacher: Teacher, items: Sequence[SingleItem],
-                 config: JudgeConfig | None = None) -> list[SingleVerdict]:
-    """Sync wrapper of :func:`ajudge_single`."""
-    return run_sync(ajudge_single(teacher, items, config))

@@ -8,7 +8,7 @@ is right are kept: equal to the gold label when the question has one, else to th
 majority answer over the D samples (no majority, a tie, keeps nothing).
 
     examples = load_cot_examples()                       # storage/seeds/cot_examples.jsonl
-    result = generate_rationales(teacher, questions, examples, RationalesConfig())
+    result = await agenerate_rationales(teacher, questions, examples, RationalesConfig())
     store.ingest(result.records)
 
 Each ``Sample`` holds the answer in ``response``, the reasoning in ``rationale`` and the
@@ -24,8 +24,6 @@ rationale, label), or ``rows_from_records(instructions, samples)``.
 
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,14 +32,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from generators.common import Counts, MethodResult, instruction_prompt, make_request, params_of, run_sync
+from core.jsonl import read_jsonl_models
+from core.text import ANSWER_SEPARATOR, format_prompt, normalize_answer, render_answer, split_answer
+from generators.common import Batch, Counts, ListRunner, MethodResult, make_request, params_of
 from generators.teachers.base import Teacher
 from generators.templates import load_template
-from core.errors import InputError
 from storage.records import FilterDecision, Instruction, Sample
-
-DEFAULT_EXAMPLES_PATH = Path(__file__).resolve().parent.parent / "storage" / "seeds" / "cot_examples.jsonl"
-DEFAULT_QUESTIONS_PATH = DEFAULT_EXAMPLES_PATH.with_name("cot_questions.jsonl")
+from storage.seeds import COT_EXAMPLES_FILE
 FILTER = "rationales.answer"
 
 
@@ -55,39 +52,9 @@ class CotExample(BaseModel):
     answer: str
 
 
-def load_cot_examples(path: str | Path = DEFAULT_EXAMPLES_PATH) -> list[CotExample]:
+def load_cot_examples(path: str | Path = COT_EXAMPLES_FILE) -> list[CotExample]:
     """Read worked examples from JSONL ({"question", "rationale", "answer"} per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"chain-of-thought examples not found: {path}")
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(CotExample.model_validate(json.loads(line)))
-            except (ValueError, TypeError) as exc:
-                raise InputError(f"{path}:{lineno}: not a CoT example: {str(exc).splitlines()[0]}") from None
-    return out
-
-
-def load_cot_questions(path: str | Path = DEFAULT_QUESTIONS_PATH, *, run_id: str | None = None) -> list[Instruction]:
-    """Questions from JSONL ({"question", "answer"?} per line) as seed instructions; a gold
-    answer goes to ``metadata['label']``, where ``generate_rationales`` looks for it."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"questions file not found: {path}")
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            label = row.get("answer", row.get("label"))
-            out.append(Instruction(text=row["question"], method="seed", run_id=run_id,
-                                   metadata={} if label in (None, "") else {"label": str(label)}))
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise InputError(f"{path}:{lineno}: not a question: {exc}") from None
-    return out
+    return read_jsonl_models(path, CotExample, what="chain-of-thought examples file")
 
 
 class RationalesConfig(BaseModel):
@@ -95,10 +62,13 @@ class RationalesConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    method: Literal["rationales"] = Field("rationales", description="rationales: chain-of-thought answers "
+                                          "to stored questions.")
     num_examples: int = Field(4, ge=0, description="Worked examples shown in the few-shot prompt (the first k).")
-    separator: str = Field("So the answer is", min_length=1, description="Text between the rationale and "
+    separator: str = Field(ANSWER_SEPARATOR, min_length=1, description="Text between the rationale and "
                            "the answer, in the examples and when parsing the teacher's output (any case).")
-    num_samples: int = Field(4, ge=1, description="D: reasoning samples per question (diverse reasoning).")
+    num_samples: int = Field(4, ge=1, description="D: reasoning samples per question (Fine-tune-CoT's diverse "
+                             "reasoning); with no gold label the majority answer over the D is kept.")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the reasoning samples.")
     top_p: float | None = Field(None, gt=0, le=1, description="Nucleus mass (None = backend default).")
     max_tokens: int = Field(256, ge=1, description="Token limit of one rationale and answer.")
@@ -117,35 +87,12 @@ class RationalesResult(MethodResult):
 # --------------------------------------------------------------------------- prompt and parsing
 
 
-def _answer_sentence(rationale: str, separator: str, answer: str) -> str:
-    answer = answer.strip()
-    end = "" if answer[-1:] in ".!?" else "."
-    return f"{rationale.strip()} {separator} {answer}{end}".strip()
-
-
 def render_prompt(question: str, examples: Sequence[CotExample], config: RationalesConfig) -> tuple[str, str]:
     """The few-shot prompt for ``question``, and its template ref."""
     template = load_template("cot_fewshot")
-    shots = "\n\n".join(f"Q: {ex.question.strip()}\nA: {_answer_sentence(ex.rationale, config.separator, ex.answer)}"
+    shots = "\n\n".join(f"Q: {ex.question.strip()}\nA: {render_answer(ex.rationale, ex.answer, config.separator)}"
                         for ex in examples[: config.num_examples])
     return template.render(examples=shots, question=question.strip(), separator=config.separator), template.ref
-
-
-def parse_rationale(text: str, separator: str = "So the answer is") -> tuple[str, str] | None:
-    """(rationale, answer) split at the first ``separator`` (any case); None without one.
-    The answer is the rest of that line, without a trailing period, colon or quotes."""
-    m = re.search(re.escape(separator), text or "", re.I)
-    if m is None:
-        return None
-    rationale = text[: m.start()].strip()
-    answer = text[m.end():].strip().split("\n", 1)[0].strip()
-    answer = answer.lstrip(":").strip().rstrip(".").strip().strip("\"'*").strip()
-    return rationale, answer
-
-
-def normalize_answer(answer: str) -> str:
-    """Answers compare case-, punctuation- and whitespace-insensitively ('(B)' == 'b')."""
-    return " ".join(re.sub(r"[^\w\s]", "", answer.casefold()).split())
 
 
 def _gold_of(ins: Instruction, gold: Mapping[str, str] | None) -> str | None:
@@ -170,7 +117,7 @@ async def agenerate_rationales(teacher: Teacher, questions: Sequence[Instruction
     counts = Counts()
     requests, owners, refs = [], [], []
     for ins in questions:
-        text, ref = render_prompt(instruction_prompt(ins.text, ins.input), examples, config)
+        text, ref = render_prompt(format_prompt(ins.text, ins.input), examples, config)
         base = make_request(config.request_format, text, system=config.system_prompt, tag="rationales",
                             temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens,
                             stop=config.stop or None)
@@ -181,7 +128,7 @@ async def agenerate_rationales(teacher: Teacher, questions: Sequence[Instruction
     counts.inc("requests", len(requests))
     completions = await teacher.agenerate(requests) if requests else []
 
-    result = RationalesResult()
+    result = RationalesResult(given=list(questions))
     by_question: dict[str, list[tuple[Any, ...]]] = {}
     for ins, req, ref, done in zip(owners, requests, refs, completions):
         by_question.setdefault(ins.id, []).append((ins, req, ref, done))
@@ -203,7 +150,7 @@ async def agenerate_rationales(teacher: Teacher, questions: Sequence[Instruction
             if done.truncated:
                 drop(ins, done.text, None, "truncated")
                 continue
-            split = parse_rationale(done.text, config.separator)
+            split = split_answer(done.text, config.separator)
             if split is None or not split[1]:
                 drop(ins, done.text, None, "no_answer")
                 continue
@@ -247,11 +194,21 @@ async def agenerate_rationales(teacher: Teacher, questions: Sequence[Instruction
     return result
 
 
-def generate_rationales(teacher: Teacher, questions: Sequence[Instruction], examples: Sequence[CotExample],
-                        config: RationalesConfig | None = None, *, gold: Mapping[str, str] | None = None,
-                        run_id: str | None = None) -> RationalesResult:
-    """Sync wrapper of :func:`agenerate_rationales`."""
-    return run_sync(agenerate_rationales(teacher, questions, examples, config, gold=gold, run_id=run_id))
+class RationalesRunner(ListRunner[RationalesResult]):
+    """The generate flow's batches of ``agenerate_rationales``: D requests per question."""
+
+    method = "rationales"
+
+    def __init__(self, questions: Sequence[Instruction], config: RationalesConfig, **kwargs: Any) -> None:
+        super().__init__(questions, config, **kwargs)
+        self.examples = load_cot_examples()
+
+    @property
+    def per_item(self) -> int:
+        return self.config.num_samples
+
+    async def run(self, teacher: Teacher, batch: Batch[list[Instruction]]) -> RationalesResult:
+        return await agenerate_rationales(teacher, batch.payload, self.examples, self.config, run_id=self.run_id)
 
 
 # --------------------------------------------------------------------------- export
@@ -273,21 +230,21 @@ def multitask_rows(rows: Iterable[Mapping[str, Any]], *, predict_prefix: str = "
     (when there is a rationale) ``explain: x -> rationale``."""
     out = []
     for row in rows:
-        x = instruction_prompt(row["instruction"], row.get("input") or "")
+        x = format_prompt(row["instruction"], row.get("input"))
         out.append({"task": "predict", "input": predict_prefix + x, "output": row.get("label") or row["response"]})
         if row.get("rationale"):
             out.append({"task": "explain", "input": explain_prefix + x, "output": row["rationale"]})
     return out
 
 
-def chat_rows(rows: Iterable[Mapping[str, Any]], *, separator: str = "So the answer is") -> list[dict[str, Any]]:
+def chat_rows(rows: Iterable[Mapping[str, Any]], *, separator: str = ANSWER_SEPARATOR) -> list[dict[str, Any]]:
     """One chat example per row: the user asks, the assistant reasons, then answers."""
     out = []
     for row in rows:
         answer = row.get("response") or row.get("label") or ""
-        content = _answer_sentence(row["rationale"], separator, answer) if row.get("rationale") else answer
+        content = render_answer(row.get("rationale"), answer, separator)
         messages = [{"role": "system", "content": row["system_prompt"]}] if row.get("system_prompt") else []
-        messages += [{"role": "user", "content": instruction_prompt(row["instruction"], row.get("input") or "")},
+        messages += [{"role": "user", "content": format_prompt(row["instruction"], row.get("input"))},
                      {"role": "assistant", "content": content}]
         out.append({"messages": messages})
     return out

@@ -2,12 +2,14 @@
 
 SeqKD (Kim & Rush 2016) trains the student on the teacher's own outputs: each instruction
 (with its input, if any) goes to the teacher, optionally under a system prompt, ``n``
-times; every successful answer becomes a ``Sample``. Greedy decoding (temperature 0, the
-teacher's mode) is the default; ``n > 1`` needs a temperature above 0.
+times; every successful answer becomes a ``Sample``. The prompt is
+``core.text.format_prompt``, the same text the student is later trained and evaluated on.
 
-    result = generate_responses(teacher, instructions, ResponsesConfig(n=2, temperature=0.7))
+    result = await agenerate_responses(teacher, instructions, ResponsesConfig(n=2, temperature=0.7))
     store.ingest(result.records)
 
+Sampling fields left unset come from the teacher's ``defaults`` (then the backend's own
+defaults); ``temperature: 0`` asks for the teacher's greedy answer (SeqKD's mode).
 Failed requests are counted and never become samples; an answer cut off by the token
 limit is dropped (``truncated``) unless ``keep_truncated``.
 """
@@ -20,7 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from generators.common import Counts, MethodResult, make_request, params_of, run_sync
+from core.text import format_prompt
+from generators.common import Batch, Counts, ListRunner, MethodResult, make_request, params_of
 from generators.teachers.base import Teacher
 from generators.templates import load_template
 from storage.records import FilterDecision, Instruction, Sample
@@ -33,15 +36,18 @@ class ResponsesConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    method: Literal["responses"] = Field("responses", description="responses: the teacher answers stored "
+                                         "instructions (the name stored on the samples).")
     n: int = Field(1, ge=1, description="Samples per instruction (sample_index 0..n-1, each its own request).")
     system_prompt: str | None = Field(None, description="System prompt given to the teacher (stored on each sample).")
     request_format: Literal["chat", "completion"] = Field("chat", description="Chat message or plain "
                                                           "completion prompt.")
-    temperature: float = Field(0.0, ge=0, le=2, description="Sampling temperature; 0 = the teacher's greedy answer.")
-    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus mass (None = backend default).")
-    max_tokens: int = Field(1024, ge=1, description="Token limit of an answer.")
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="Sampling temperature; None = the teacher's defaults (then the backend's); "
+        "0 = the teacher's greedy answer.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus mass; None = the teacher's defaults.")
+    max_tokens: int | None = Field(None, ge=1, description="Token limit of an answer; None = the teacher's defaults.")
     keep_truncated: bool = Field(False, description="Keep answers cut off by max_tokens (finish_reason 'length').")
-    method: str = Field("responses", description="Method name stored on the samples.")
 
     @model_validator(mode="after")
     def _sampling_for_n(self) -> "ResponsesConfig":
@@ -52,8 +58,7 @@ class ResponsesConfig(BaseModel):
 
 @dataclass
 class ResponsesResult(MethodResult):
-    """The samples made, and decisions on dropped answers (``instructions`` and
-    ``rejected`` stay empty)."""
+    """The samples made, and decisions on dropped answers (``given``: the instructions asked)."""
 
 
 async def agenerate_responses(teacher: Teacher, instructions: Sequence[Instruction],
@@ -64,17 +69,16 @@ async def agenerate_responses(teacher: Teacher, instructions: Sequence[Instructi
     counts = Counts()
     requests, owners = [], []
     for ins in instructions:
-        text = template.render(instruction=ins.text.strip(),
-                               input_block=f"\n\n{ins.input.strip()}" if ins.input.strip() else "")
-        base = make_request(config.request_format, text, system=config.system_prompt, tag="responses",
-                            temperature=config.temperature, top_p=config.top_p, max_tokens=config.max_tokens)
+        base = make_request(config.request_format, template.render(prompt=format_prompt(ins.text, ins.input)),
+                            system=config.system_prompt, tag="responses", temperature=config.temperature,
+                            top_p=config.top_p, max_tokens=config.max_tokens)
         for req in base.expand(config.n):
             requests.append(req)
             owners.append(ins)
     counts.inc("requests", len(requests))
     completions = await teacher.agenerate(requests) if requests else []
 
-    result = ResponsesResult()
+    result = ResponsesResult(given=list(instructions))
     seen: set[str] = set()
     for ins, req, done in zip(owners, requests, completions):
         if not done.ok or not (done.text or "").strip():
@@ -100,7 +104,14 @@ async def agenerate_responses(teacher: Teacher, instructions: Sequence[Instructi
     return result
 
 
-def generate_responses(teacher: Teacher, instructions: Sequence[Instruction],
-                       config: ResponsesConfig | None = None, *, run_id: str | None = None) -> ResponsesResult:
-    """Sync wrapper of :func:`agenerate_responses`."""
-    return run_sync(agenerate_responses(teacher, instructions, config, run_id=run_id))
+class ResponsesRunner(ListRunner[ResponsesResult]):
+    """The generate flow's batches of ``agenerate_responses``: ``config.n`` requests per instruction."""
+
+    method = "responses"
+
+    @property
+    def per_item(self) -> int:
+        return self.config.n
+
+    async def run(self, teacher: Teacher, batch: Batch[list[Instruction]]) -> ResponsesResult:
+        return await agenerate_responses(teacher, batch.payload, self.config, run_id=self.run_id)

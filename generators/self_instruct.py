@@ -20,7 +20,7 @@ The teacher bootstraps new tasks from a few human-written seed tasks:
    whose instances give one input two different outputs is dropped whole; at most 5
    instances per task.
 
-The Alpaca variant (``variant="alpaca"``) shows 3 seed tasks with their input and output
+The Alpaca variant (``method="alpaca"``) shows 3 seed tasks with their input and output
 and asks for a list of 20 tasks, each generated together with its input (``<noinput>``
 when there is none) and output, so no instance step; its blacklist adds video, audio,
 music, flowchart and diagram, and a response cut off by length loses only its last task.
@@ -29,17 +29,15 @@ Self-Instruct was designed for base models continuing a text (``request_format=
 "completion"``, the default); ``request_format="chat"`` sends the list as a chat message
 asking to continue it, for instruction-tuned teachers.
 
-A flow runs it in batches, keeping the pool between batches::
+A flow runs it in batches (``SelfInstructRunner``), keeping the pool between batches::
 
-    seeds = load_seed_tasks()
+    seeds = load_seed_tasks()                           # storage/seeds.py
     config = SelfInstructConfig(request_format="chat")
     state = SelfInstructState.create(seeds, config)
     rng = random.Random(0)
     while state.accepted < 100:
-        step = self_instruct_step(teacher, state, config, rng=rng, batch_size=8)
+        step = await aself_instruct_step(teacher, state, config, rng=rng, batch_size=8)
         store.ingest(step.records)          # the flow persists; this module never opens the database
-
-or in one call: ``run_self_instruct(teacher, seeds, SelfInstructConfig(), target=20)``.
 
 Resuming: given the same seeds and rng seed, the steps are deterministic functions of the
 teacher's answers. Re-running an interrupted run from the start through the ledgered
@@ -51,26 +49,24 @@ continues from a stored pool with fresh prompts.)
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.errors import InputError
+from filters import rouge
 from filters.base import Decision, to_record
 from filters.rouge import RougeNovelty
-from generators.common import Counts, MethodResult, make_request, params_of, run_sync
+from generators.common import Batch, Counts, MethodResult, make_request, params_of, rng_for
 from generators.teachers.base import ChatRequest, Completion, Teacher
 from generators.templates import load_template
-from core.errors import InputError
 from storage.records import FilterDecision, Instruction, Sample
-
-DEFAULT_SEED_PATH = Path(__file__).resolve().parent.parent / "storage" / "seeds" / "seed_tasks.jsonl"
+from storage.seeds import SeedInstance, SeedTask, seed_tasks
 
 #: Self-Instruct's keyword blacklist: tasks a language model cannot do in text.
 BLACKLIST: tuple[str, ...] = (
@@ -85,95 +81,12 @@ F_LENGTH = "self_instruct.length"
 F_BLACKLIST = "self_instruct.blacklist"
 F_PROGRAM = "self_instruct.program"
 F_START = "self_instruct.start"
-F_ROUGE = "rouge_novelty"
+F_ROUGE = rouge.NAME
 F_OUTPUT = "self_instruct.output"  # Alpaca: a generated task with an empty output
 F_INSTANCE = "self_instruct.instance"  # one instance of a task
 F_INSTANCES = "self_instruct.instances"  # a task's instances as a whole
 
 NOINPUT = "<noinput>"
-
-
-# --------------------------------------------------------------------------- seeds
-
-
-class SeedInstance(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    input: str = Field("", description="The instance input ('' when the task needs none).")
-    output: str = Field(description="The correct output for that input.")
-
-
-class SeedTask(BaseModel):
-    """A human-written seed task, as one line of ``storage/seeds/seed_tasks.jsonl``."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    name: str = Field("", description="Short unique name of the task.")
-    instruction: str = Field(description="The task instruction.")
-    instances: list[SeedInstance] = Field(default_factory=list, description="Example inputs and outputs.")
-    is_classification: bool = Field(False, description="Whether the output is one of a few fixed labels.")
-
-    @classmethod
-    def from_instruction(cls, ins: Instruction, samples: Iterable[Sample] = ()) -> "SeedTask":
-        """A seed task from a stored instruction and the samples answering it."""
-        instances = [SeedInstance(input=ins.input, output=s.response) for s in samples]
-        return cls(name=str(ins.metadata.get("name") or ins.id), instruction=ins.text,
-                   instances=instances, is_classification=bool(ins.is_classification))
-
-    def to_records(self, *, run_id: str | None = None) -> tuple[Instruction, list[Instruction], list[Sample]]:
-        """The task as records: its instruction, one instance instruction per non-empty
-        input (``parent_id`` = the task, ``operator`` = 'instance'), and a human sample
-        per instance."""
-        task = Instruction(text=self.instruction, method="seed", is_classification=self.is_classification,
-                           run_id=run_id, metadata={"name": self.name} if self.name else {})
-        instances: list[Instruction] = []
-        samples: list[Sample] = []
-        for inst in self.instances:
-            target = task
-            if inst.input.strip():
-                target = Instruction(text=self.instruction, input=inst.input, method="seed", parent_id=task.id,
-                                     operator="instance", is_classification=self.is_classification, run_id=run_id)
-                instances.append(target)
-            if inst.output.strip():
-                samples.append(Sample(instruction_id=target.id, response=inst.output, method="seed",
-                                      teacher_model="human", run_id=run_id))
-        return task, instances, samples
-
-
-def load_seed_tasks(path: str | Path = DEFAULT_SEED_PATH) -> list[SeedTask]:
-    """Read seed tasks from JSONL (one ``SeedTask`` per line; blank lines skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"seed task file not found: {path}")
-    tasks = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            tasks.append(SeedTask.model_validate(json.loads(line)))
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"{path}:{lineno}: not a seed task: {str(exc).splitlines()[0]}") from None
-    if not tasks:
-        raise InputError(f"{path}: no seed tasks")
-    return tasks
-
-
-def seeds_from_records(instructions: Iterable[Instruction], samples: Iterable[Sample] = ()) -> list[SeedTask]:
-    """Seed tasks from stored records: top-level instructions are tasks; instance
-    instructions (``operator='instance'``) and samples supply their inputs and outputs."""
-    instructions = list(instructions)
-    by_instruction: dict[str, list[Sample]] = {}
-    for s in samples:
-        by_instruction.setdefault(s.instruction_id, []).append(s)
-    tasks: dict[str, SeedTask] = {}
-    for ins in instructions:
-        if ins.operator != "instance":
-            tasks[ins.id] = SeedTask.from_instruction(ins, by_instruction.get(ins.id, ()))
-    for ins in instructions:
-        if ins.operator == "instance" and ins.parent_id in tasks:
-            tasks[ins.parent_id].instances.extend(
-                SeedInstance(input=ins.input, output=s.response) for s in by_instruction.get(ins.id, ()))
-    return list(tasks.values())
 
 
 # --------------------------------------------------------------------------- config
@@ -188,13 +101,13 @@ _VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 class SelfInstructConfig(BaseModel):
-    """Knobs of Self-Instruct. Defaults are the paper's; ``variant='alpaca'`` switches every
+    """Knobs of Self-Instruct. Defaults are the paper's; ``method='alpaca'`` switches every
     field you do not set to Alpaca's values (3 seed demos, list of 20, temperature 1.0,
     top_p 1.0, no presence penalty, 3072 tokens, extended blacklist)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    variant: Literal["self_instruct", "alpaca"] = Field(
+    method: Literal["self_instruct", "alpaca"] = Field(
         "self_instruct", description="'self_instruct' (instructions, then instances) or 'alpaca' "
         "(instruction, input and output generated together; no instance step).")
     request_format: Literal["completion", "chat"] = Field(
@@ -229,7 +142,7 @@ class SelfInstructConfig(BaseModel):
     @classmethod
     def _variant_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            variant = data.get("variant", "self_instruct")
+            variant = data.get("method", "self_instruct")
             if variant in _VARIANT_DEFAULTS:
                 data = {**_VARIANT_DEFAULTS[variant], **data}
         return data
@@ -242,15 +155,11 @@ class SelfInstructConfig(BaseModel):
             raise ValueError("the demonstrations fill the whole list: raise list_length or show fewer demos")
         return self
 
-    @property
-    def method(self) -> str:
-        return self.variant
-
     def stop_sequences(self) -> list[str]:
         if self.stop is not None:
             return list(self.stop)
         after = self.list_length + 1
-        if self.variant == "alpaca":  # inputs/outputs may hold blank lines: no blank-line stop
+        if self.method == "alpaca":  # inputs/outputs may hold blank lines: no blank-line stop
             return [f"\n{after}.", f"{after}. Instruction"]
         if self.request_format == "completion":
             return ["\n\n", f"\n{after}", f"{after}.", f"{after} ."]
@@ -280,7 +189,7 @@ class SelfInstructState:
     def create(cls, seeds: Sequence[SeedTask | Instruction], config: SelfInstructConfig,
                existing: Iterable[Instruction] = (), existing_samples: Iterable[Sample] = ()) -> "SelfInstructState":
         """A pool of ``seeds`` (seed tasks or instruction records) plus machine tasks kept before."""
-        tasks = [s if isinstance(s, SeedTask) else SeedTask.from_instruction(s) for s in seeds]
+        tasks = [s if isinstance(s, SeedTask) else seed_tasks([s])[0] for s in seeds]
         state = cls(tasks, RougeNovelty(config.rouge_threshold, use_stemmer=False))
         state.novelty.extend(t.instruction for t in tasks)
         outputs = {s.instruction_id: s.response for s in existing_samples}
@@ -350,7 +259,7 @@ def render_prompt(demos: Sequence[_Demo], config: SelfInstructConfig) -> tuple[s
     """The generation prompt for ``demos`` and the template ref it came from."""
     chat = config.request_format == "chat"
     nxt = len(demos) + 1
-    if config.variant == "alpaca":
+    if config.method == "alpaca":
         template = load_template("alpaca_generate_chat" if chat else "alpaca_generate")
         blocks = [
             f"###\n{i}. Instruction: {_clean(d.instruction)}\n{i}. Input:\n{d.input.strip() or NOINPUT}\n"
@@ -546,7 +455,7 @@ async def aself_instruct_step(teacher: Teacher, state: SelfInstructState, config
         if not done.ok or done.text is None:
             counts.inc("failed")
             continue
-        if config.variant == "alpaca":
+        if config.method == "alpaca":
             items, bad = parse_alpaca_tasks(done.text, first=first, continuation=not chat, truncated=done.truncated)
             counts.inc("unparseable_items", bad)
             if done.truncated:
@@ -561,7 +470,7 @@ async def aself_instruct_step(teacher: Teacher, state: SelfInstructState, config
             counts.inc("empty_responses")
         counts.inc("parsed", len(items))
         for text, inp, out in items:
-            if config.variant == "alpaca" and not out.strip():  # cannot become a sample
+            if config.method == "alpaca" and not out.strip():  # cannot become a sample
                 name, decision = F_OUTPUT, Decision.drop("empty_output")
             else:
                 name, decision = check_instruction(text, config, state.novelty, blacklist=blacklist)
@@ -584,7 +493,7 @@ async def aself_instruct_step(teacher: Teacher, state: SelfInstructState, config
             state.known_ids.add(item_id)  # joins the pool now: a later copy in this batch is a copy
             accepted.append(_Accepted(text, inp, out, done, request, ref, decision.score))
 
-    if config.variant == "self_instruct" and accepted:
+    if config.method == "self_instruct" and accepted:
         if config.identify_classification:
             await _identify_classification(teacher, accepted, config, counts)
         tasks = [_task_record(a, teacher, config, state, run_id) for a in accepted]
@@ -714,38 +623,34 @@ async def _generate_instances(teacher: Teacher, accepted: list[_Accepted], tasks
         counts.inc("instances_kept", len(valid))
 
 
-def self_instruct_step(teacher: Teacher, state: SelfInstructState, config: SelfInstructConfig, *,
-                       rng: random.Random, batch_size: int = 8, run_id: str | None = None) -> StepResult:
-    """Sync wrapper of :func:`aself_instruct_step`."""
-    return run_sync(aself_instruct_step(teacher, state, config, rng=rng, batch_size=batch_size, run_id=run_id))
+class SelfInstructRunner:
+    """Self-Instruct (or Alpaca) steps over a pool that every step grows (not parallel:
+    each batch's prompts show tasks the previous batches kept)."""
 
+    parallel = False
 
-@dataclass
-class SelfInstructResult(StepResult):
-    """Everything a whole run produced, and the pool it ended with."""
+    def __init__(self, seeds: Sequence[SeedTask], config: SelfInstructConfig, *, run_name: str, batch_size: int,
+                 run_id: str | None = None, existing: Iterable[Instruction] = (),
+                 existing_samples: Iterable[Sample] = ()) -> None:
+        self.config = config
+        self.method = config.method
+        self.state = SelfInstructState.create(seeds, config, existing, existing_samples)
+        self.rng = rng_for(run_name, self.method)
+        self.batch_size = batch_size
+        self.run_id = run_id
+        self.batches = 0
 
-    state: SelfInstructState | None = None
-    steps: int = 0
+    def next_batch(self, max_requests: int) -> Batch[int] | None:
+        """A batch's payload is how many generation prompts it sends."""
+        size = min(self.batch_size, max_requests)
+        if size <= 0:
+            return None
+        self.batches += 1
+        return Batch(self.batches, size, requests=size, max_samples=size * self.config.list_length)
 
+    async def run(self, teacher: Teacher, batch: Batch[int]) -> StepResult:
+        return await aself_instruct_step(teacher, self.state, self.config, rng=self.rng, batch_size=batch.payload,
+                                         run_id=self.run_id)
 
-async def arun_self_instruct(teacher: Teacher, seeds: Sequence[SeedTask | Instruction],
-                             config: SelfInstructConfig | None = None, *, target: int = 20, batch_size: int = 8,
-                             seed: int = 0, max_steps: int = 50, run_id: str | None = None) -> SelfInstructResult:
-    """Run steps until ``target`` new tasks are kept or ``max_steps`` batches were sent
-    (a weak teacher cannot loop forever)."""
-    config = config or SelfInstructConfig()
-    state = SelfInstructState.create(seeds, config)
-    rng = random.Random(seed)
-    out = SelfInstructResult(state=state)
-    while state.accepted < target and out.steps < max_steps:
-        out.extend(await aself_instruct_step(teacher, state, config, rng=rng, batch_size=batch_size, run_id=run_id))
-        out.steps += 1
-    return out
-
-
-def run_self_instruct(teacher: Teacher, seeds: Sequence[SeedTask | Instruction],
-                      config: SelfInstructConfig | None = None, *, target: int = 20, batch_size: int = 8,
-                      seed: int = 0, max_steps: int = 50, run_id: str | None = None) -> SelfInstructResult:
-    """Sync wrapper of :func:`arun_self_instruct`."""
-    return run_sync(arun_self_instruct(teacher, seeds, config, target=target, batch_size=batch_size, seed=seed,
-                                       max_steps=max_steps, run_id=run_id))
+    def absorb(self, batch: Batch[int], result: StepResult) -> None:
+        return None  # aself_instruct_step already added the accepted tasks to the pool

@@ -39,25 +39,26 @@ def test_decision_invariants_and_record():
 
 
 def test_exact_dedup_normalizes_and_matches_store_keys():
-    dedup = ExactDedup()
-    assert dedup.check_and_add("Name three  primary colours.").kept
+    dedup = ExactDedup([exact_key("Name three  primary colours.")])
     for variant in ("name three primary colours.", "  NAME three\nprimary colours.  ", "Name three primary colours."):
-        assert dedup.check(variant).reason == "exact_duplicate"
-    assert dedup.check("Name three primary colors.").kept  # a different spelling is new content
+        assert dedup.check(exact_key(variant)).reason == "exact_duplicate"
+    assert dedup.check(exact_key("Name three primary colors.")).kept  # a different spelling is new content
     # Keys are the store's: an instruction id already stored is a known key.
     known = ExactDedup([Instruction(text="Say hi.", input="to Bob", method="seed").id])
-    assert not known.check("say  hi.", "To Bob").kept
-    assert known.check("say hi.").kept
+    assert not known.check(exact_key("say  hi.", "To Bob")).kept
+    assert known.check(exact_key("say hi.")).kept
     assert exact_key("é") == exact_key("e\u0301")  # NFC: composed == decomposed
 
 
 def test_exact_dedup_incremental_and_edge_cases():
     dedup = ExactDedup()
-    key = dedup.add("")
-    assert key in dedup and len(dedup) == 1
-    assert not dedup.check("   ").kept  # all-whitespace normalizes to the empty text
+    dedup.add_keys([exact_key("")])
+    assert exact_key("") in dedup and len(dedup) == 1
+    assert not dedup.check(exact_key("   ")).kept  # all-whitespace normalizes to the empty text
     long_text = "word " * 100_000
-    assert dedup.check_and_add(long_text).kept and not dedup.check_and_add(long_text + " ").kept
+    assert dedup.check(exact_key(long_text)).kept
+    dedup.add_keys([exact_key(long_text)])
+    assert not dedup.check(exact_key(long_text + " ")).kept
     dedup.add_keys(["abc"])
     assert "abc" in dedup
 

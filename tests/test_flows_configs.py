@@ -64,7 +64,7 @@ def test_contradictions_are_rejected_with_the_field_named(tmp_path, text, messag
 def test_bad_files(tmp_path):
     with pytest.raises(InputError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
-    with pytest.raises(InputError, match=r"not valid YAML \(line 2\)"):
+    with pytest.raises(InputError, match=r"\.yaml:2: not valid YAML"):
         load_config(_write(tmp_path, "a: 1\n  b: [\n"))
     with pytest.raises(InputError, match="a config is a mapping"):
         load_config(_write(tmp_path, "- 1\n- 2\n"))
@@ -99,7 +99,9 @@ def test_the_model_is_a_prefect_form():
 
 
 def test_method_params_are_checked_by_the_method(tmp_path):
-    with pytest.raises(InputError, match="generate.params for self_instruct: rouge_treshold"):
+    with pytest.raises(InputError, match="generate.params.self_instruct.rouge_treshold: Extra inputs"):
         load_config(_write(tmp_path, "generate: {method: self_instruct, params: {rouge_treshold: 0.5}}"))
     with pytest.raises(InputError, match="n > 1 samples need temperature > 0"):
-        load_config(_write(tmp_path, "generate: {samples_per_instruction: 2, params: {temperature: 0}}"))
+        load_config(_write(tmp_path, "generate: {params: {n: 2, temperature: 0}}"))
+    with pytest.raises(InputError, match="params.method 'rationales' contradicts method 'responses'"):
+        load_config(_write(tmp_path, "generate: {method: responses, params: {method: rationales}}"))

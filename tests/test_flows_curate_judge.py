@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.config import CurateConfig, load_config
-from generators.teachers.config import TeacherConfig
+from generators.teachers.config import ScriptedConfig
 from generators.teachers.scripted import ScriptedTeacher
 from generators.templates import load_template
 from storage.datasets import load_rows
@@ -36,9 +36,9 @@ UNPARSEABLE = "I would rather not grade this one."
 
 
 def _prompt(instruction: str, input_: str, response: str) -> str:
-    from flows.curate import judge_question
+    from core.text import format_prompt
 
-    return load_template("judge_single").render(question=judge_question(instruction, input_), answer=response)
+    return load_template("judge_single").render(question=format_prompt(instruction, input_), answer=response)
 
 
 def _fill(store: Store, keys=TEXTS) -> dict[str, str]:
@@ -53,9 +53,9 @@ def _fill(store: Store, keys=TEXTS) -> dict[str, str]:
     return ids
 
 
-def _judge_teacher() -> TeacherConfig:
+def _judge_teacher() -> ScriptedConfig:
     script = {_prompt(i, x, r): verdict for i, x, r, verdict in TEXTS.values() if verdict is not None}
-    return TeacherConfig(backend="scripted", model="judge-script", script=script, default_response=UNPARSEABLE)
+    return ScriptedConfig(model="judge-script", script=script, default_response=UNPARSEABLE)
 
 
 @pytest.fixture

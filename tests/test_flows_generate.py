@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows.config import GenerateConfig
-from generators.teachers.config import TeacherConfig
+from generators.teachers.config import ScriptedConfig
 from storage.store import Store
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
@@ -25,9 +25,9 @@ def _instructions(tmp_path: Path, n: int) -> Path:
     return path
 
 
-def _teacher(refuse: range = range(0)) -> TeacherConfig:
+def _teacher(refuse: range = range(0)) -> ScriptedConfig:
     script = {f"Explain topic number {i} to a child.": REFUSAL for i in refuse}
-    return TeacherConfig(backend="scripted", model="scripted-teacher", script=script, default_response=ANSWER)
+    return ScriptedConfig(model="scripted-teacher", script=script, default_response=ANSWER)
 
 
 def _run(**kwargs):
@@ -96,7 +96,7 @@ def test_token_budget(tmp_path):
 
 def test_a_teacher_that_always_fails_stops_the_run(tmp_path):
     db = str(tmp_path / "g.duckdb")
-    teacher = TeacherConfig(backend="scripted", script={})  # no answers: every request fails
+    teacher = ScriptedConfig(script={})  # no answers: every request fails
     cfg = GenerateConfig(method="responses", target=10, batch_size=3,
                          instructions_file=str(_instructions(tmp_path, 40)))
     out = _run(run_name="dead", teacher=teacher, generate=cfg, db=db)
@@ -114,7 +114,7 @@ def test_running_out_of_instructions(tmp_path):
     assert "no more work" in out["message"]
 
 
-def test_self_instruct_through_the_flow(tmp_path):
+def test_self_instruct_through_the_flow(tmp_path, monkeypatch):
     """Self-Instruct steps run one after another; tasks, instances and decisions are stored."""
     db = str(tmp_path / "g.duckdb")
     counter = iter(range(10_000))
@@ -131,22 +131,9 @@ def test_self_instruct_through_the_flow(tmp_path):
         return "\n".join(f"{9 + k}. Write about " + " ".join(f"topic{next(counter)}" for _ in range(6))
                          for k in range(3))
 
-    from flows import generate as g
-    from generators.teachers import config as teacher_config
-
-    original = teacher_config.build_teacher
-
-    def build(config, store=None, run_id=None):
-        from generators.teachers.scripted import ScriptedTeacher
-
-        return ScriptedTeacher(script, model="scripted-si")
-
-    g.build_teacher = build
-    try:
-        cfg = GenerateConfig(method="self_instruct", target=4, batch_size=2, params={"request_format": "chat"})
-        out = _run(run_name="si", teacher=TeacherConfig(backend="scripted"), generate=cfg, db=db)
-    finally:
-        g.build_teacher = original
+    _patched_teacher(monkeypatch, script, model="scripted-si")
+    cfg = GenerateConfig(method="self_instruct", target=4, batch_size=2, params={"request_format": "chat"})
+    out = _run(run_name="si", teacher=ScriptedConfig(), generate=cfg, db=db)
     assert out["kept"] >= 4, out
     store = Store(db)
     tasks = store.query("SELECT count(*) AS n FROM instructions WHERE method = 'self_instruct' AND parent_id IS NULL")
@@ -180,11 +167,13 @@ def test_artifacts_are_published(tmp_path):
 
 
 def _patched_teacher(monkeypatch, script, model="scripted-m"):
+    """The flow's teacher answers with ``script`` (a function), through the real ledger."""
     from flows import generate as g
+    from generators.teachers.ledger import LedgeredTeacher
     from generators.teachers.scripted import ScriptedTeacher
 
-    monkeypatch.setattr(g, "build_teacher", lambda config, store=None, run_id=None: ScriptedTeacher(script,
-                                                                                                    model=model))
+    monkeypatch.setattr(g, "build_teacher", lambda config, store=None, run_id=None, **ledger: LedgeredTeacher(
+        ScriptedTeacher(script, model=model), store, run_id=run_id, **ledger))
 
 
 def test_rationales_keep_only_answers_matching_the_gold_label(tmp_path, monkeypatch):
@@ -201,9 +190,9 @@ def test_rationales_keep_only_answers_matching_the_gold_label(tmp_path, monkeypa
     questions.write_text(json.dumps({"question": "Ava has 5 apples and picks 7 more. How many?", "answer": "12"})
                          + "\n" + json.dumps({"question": "How many eggs are in 4 boxes of 6?", "answer": "24"}) + "\n")
     db = str(tmp_path / "r.duckdb")
-    cfg = GenerateConfig(method="rationales", target=10, batch_size=4, samples_per_instruction=2,
+    cfg = GenerateConfig(method="rationales", target=10, batch_size=4, params={"num_samples": 2},
                          instructions_file=str(questions))
-    out = _run(run_name="cot", teacher=TeacherConfig(backend="scripted"), generate=cfg, db=db)
+    out = _run(run_name="cot", teacher=ScriptedConfig(), generate=cfg, db=db)
     assert out["status"] == "exhausted"  # two questions cannot give ten kept samples
     rows = Store(db).query("SELECT rationale, response, label FROM samples WHERE method = 'rationales'")
     assert rows and all(r["label"] == "12" for r in rows)
@@ -229,7 +218,7 @@ def test_evol_instruct_rounds_through_the_flow(tmp_path, monkeypatch):
     db = str(tmp_path / "e.duckdb")
     cfg = GenerateConfig(method="evol_instruct", target=8, batch_size=4, params={"rounds": 3},
                          instructions_file=str(instructions), max_attempts=200)
-    out = _run(run_name="evol", teacher=TeacherConfig(backend="scripted"), generate=cfg, db=db)
+    out = _run(run_name="evol", teacher=ScriptedConfig(), generate=cfg, db=db)
     assert out["status"] == "completed" and out["kept"] >= 8, out
     store = Store(db)
     rounds = store.query("SELECT round, count(*) AS n FROM instructions WHERE method = 'evol_instruct' "
@@ -248,12 +237,12 @@ def test_batches_finishing_during_a_commit_go_together_in_the_next_one(monkeypat
     each gets its own result back, and a failed commit fails every batch in it."""
     import threading
 
-    import flows.generate as generate
+    from flows.committer import Committer
 
     commits: list[list[str]] = []
     release = {"a": threading.Event(), "x": threading.Event()}
 
-    def store_double(ctx, batches):  # stands in for the database commit (timing and faults)
+    def store_double(self, batches):  # stands in for the database commit (timing and faults)
         names = [items[0] for items, _records in batches]
         commits.append(names)
         if names[0] in release:
@@ -262,7 +251,7 @@ def test_batches_finishing_during_a_commit_go_together_in_the_next_one(monkeypat
             raise RuntimeError("disk full")
         return [({name}, f"outcome of {name}") for name in names]
 
-    monkeypatch.setattr(generate, "_judge_and_store", store_double)
+    monkeypatch.setattr(Committer, "_judge_and_store", store_double)
 
     async def behind(committer, slow: str, names: tuple[str, ...]):
         first = asyncio.ensure_future(committer.commit([slow], []))
@@ -273,7 +262,7 @@ def test_batches_finishing_during_a_commit_go_together_in_the_next_one(monkeypat
         return await asyncio.gather(first, *queued, return_exceptions=True)
 
     async def main():
-        committer = generate._Committer(ctx=None)
+        committer = Committer(store=None, filters=None, run_id="r")
         results = await behind(committer, "a", ("b", "c"))
         errors = await behind(committer, "x", ("bad", "d"))
         return results, errors, committer.commits

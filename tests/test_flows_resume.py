@@ -25,10 +25,10 @@ CHILD = textwrap.dedent("""
     import asyncio, sys
     from flows.config import GenerateConfig
     from flows.generate import generate_flow
-    from generators.teachers.config import TeacherConfig
+    from generators.teachers.config import OpenAIConfig
 
     url, db, instructions = sys.argv[1:4]
-    teacher = TeacherConfig(backend="openai", model="fake-model", base_url=url, concurrency=8, max_retries=2,
+    teacher = OpenAIConfig(model="fake-model", base_url=url, concurrency=8, max_retries=2,
                             timeout_s=30)
     generate = GenerateConfig(method="responses", target={target}, batch_size=10, max_concurrent_batches=2,
                               instructions_file=instructions)

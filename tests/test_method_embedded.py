@@ -11,12 +11,13 @@ import random
 
 import pytest
 
-from generators.evol_instruct import EvolInstructConfig, evol_round
-from generators.judge import JudgeConfig, PairwiseItem, SingleItem, judge_pairwise, judge_single
-from generators.rationales import RationalesConfig, generate_rationales, load_cot_examples, load_cot_questions
-from generators.responses import ResponsesConfig, generate_responses
-from generators.self_instruct import SelfInstructConfig, SelfInstructState, load_seed_tasks, self_instruct_step
+from generators.evol_instruct import EvolInstructConfig, aevol_round
+from generators.judge import JudgeConfig, PairwiseItem, SingleItem, ajudge_pairwise, ajudge_single
+from generators.rationales import RationalesConfig, agenerate_rationales, load_cot_examples
+from generators.responses import ResponsesConfig, agenerate_responses
+from generators.self_instruct import SelfInstructConfig, SelfInstructState, aself_instruct_step
 from storage.records import Instruction, Sample
+from storage.seeds import COT_QUESTIONS_FILE, load_seed_tasks, parse_instructions_file
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +26,14 @@ pytestmark = pytest.mark.slow
 def teacher():
     import torch
 
-    from generators.teachers.config import TeacherConfig, TransformersOptions, build_teacher
+    from generators.teachers import build_teacher
+    from generators.teachers.config import TransformersConfig
 
     # One thread: on a shared, oversubscribed CPU, torch's spinning worker threads cost
     # ~15x more CPU time than a single thread for this tiny model. The setting is
     # process-wide, so it is restored for the tests that run after these.
     threads = torch.get_num_threads()
-    t = build_teacher(TeacherConfig(backend="transformers",
-                                    transformers=TransformersOptions(batch_size=8, num_threads=1)))
+    t = build_teacher(TransformersConfig(batch_size=8, num_threads=1))
     yield t
     t.close()
     torch.set_num_threads(threads)
@@ -47,12 +48,12 @@ def well_formed(records, model: str) -> None:
             assert r.template_version and r.finish_reason in ("stop", "length")
 
 
-def test_self_instruct_embedded(teacher):
+async def test_self_instruct_embedded(teacher):
     seeds = load_seed_tasks()
     for fmt in ("chat", "completion"):
         config = SelfInstructConfig(request_format=fmt, max_tokens=48, instance_max_tokens=32)
         state = SelfInstructState.create(seeds, config)
-        step = self_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=1)
+        step = await aself_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=1)
         assert step.counts["requests"] == 1
         accounted = sum(v for k, v in step.counts.items() if k.startswith("dropped_")) + step.counts.get("kept", 0)
         assert accounted == step.counts.get("parsed", 0)
@@ -61,10 +62,10 @@ def test_self_instruct_embedded(teacher):
         assert state.accepted == step.counts.get("kept", 0)
 
 
-def test_evol_instruct_embedded(teacher):
+async def test_evol_instruct_embedded(teacher):
     pool = [Instruction(text=t.instruction, method="seed") for t in load_seed_tasks()[:2]]
     config = EvolInstructConfig(max_tokens=32, response_max_tokens=32)
-    step = evol_round(teacher, pool, config, rng=random.Random(0), round=1)
+    step = await aevol_round(teacher, pool, config, rng=random.Random(0), round=1)
     assert len(step.pool) == 2 and step.counts["requests"] == 2
     well_formed(step.records, teacher.model)
     assert {i.parent_id for i in step.instructions} <= {p.id for p in pool}
@@ -72,18 +73,18 @@ def test_evol_instruct_embedded(teacher):
     assert len(step.decisions) == len(step.instructions) + len(step.rejected)
 
 
-def test_responses_embedded(teacher):
+async def test_responses_embedded(teacher):
     instructions = [Instruction(text="Name two colours of the rainbow.", method="seed"),
                     Instruction(text="Translate to French.", input="Good morning", method="seed")]
-    result = generate_responses(teacher, instructions,
+    result = await agenerate_responses(teacher, instructions,
                                 ResponsesConfig(n=2, temperature=0.7, max_tokens=16, keep_truncated=True))
     assert result.counts["requests"] == 4 and result.samples
     well_formed(result.samples, teacher.model)
 
 
-def test_rationales_embedded(teacher):
-    questions = load_cot_questions()[:2]
-    result = generate_rationales(teacher, questions, load_cot_examples(),
+async def test_rationales_embedded(teacher):
+    questions = parse_instructions_file(COT_QUESTIONS_FILE)[:2]
+    result = await agenerate_rationales(teacher, questions, load_cot_examples(),
                                  RationalesConfig(num_samples=2, max_tokens=32))
     assert result.counts["requests"] == 4
     well_formed(result.samples, teacher.model)
@@ -92,12 +93,12 @@ def test_rationales_embedded(teacher):
     assert all(not d.kept and d.reason for d in result.decisions)
 
 
-def test_judge_embedded(teacher):
+async def test_judge_embedded(teacher):
     config = JudgeConfig(max_tokens=32, max_retries=1)
-    [pair] = judge_pairwise(teacher, [PairwiseItem(question="What is 2 + 2?", answer_a="4.", answer_b="5.")], config)
+    [pair] = await ajudge_pairwise(teacher, [PairwiseItem(question="What is 2 + 2?", answer_a="4.", answer_b="5.")], config)
     assert len(pair.calls) == 2 and all(c.attempts >= 1 and c.text for c in pair.calls)
     assert pair.ok == (pair.score_a is not None) and (pair.ok or pair.error)
-    [single] = judge_single(teacher, [SingleItem(question="What is 2 + 2?", answer="4.")], config)
+    [single] = await ajudge_single(teacher, [SingleItem(question="What is 2 + 2?", answer="4.")], config)
     assert single.call.attempts >= 1 and (single.ok or single.error)
     if single.ok:
         assert 1 <= single.score <= 10

@@ -12,14 +12,15 @@ from generators.evol_instruct import (
     IN_DEPTH,
     OPERATORS,
     EvolInstructConfig,
-    evol_round,
+    EvolRunner,
+    aevol_round,
     is_apology,
     is_stop_words_only,
     parse_equality,
-    run_evol_instruct,
 )
 from generators.teachers.base import ChatRequest, Completion
 from generators.teachers.scripted import ScriptedTeacher, prompt_text
+from runners import drive
 from storage.records import Instruction
 
 EXTRA = ["Use exactly three sentences.", "Cite one historical example.", "Answer in under fifty words.",
@@ -42,14 +43,15 @@ def growing_teacher(answer: str = "Here is a complete and careful answer with de
     return ScriptedTeacher(script)
 
 
-def test_lineage_across_rounds():
+async def test_lineage_across_rounds():
     teacher = growing_teacher()
     seeds = [Instruction(text="Explain why leaves change colour.", method="seed"),
              Instruction(text="Describe how to brew green tea.", method="seed")]
-    result = run_evol_instruct(teacher, seeds, EvolInstructConfig(rounds=3), seed=0, run_id="r")
+    runner = EvolRunner(seeds, EvolInstructConfig(rounds=3), run_name="t", batch_size=8, run_id="r")
+    result = await drive(runner, teacher)
     assert len(result.instructions) == 6 and len(result.samples) == 6
     by_id = {i.id: i for i in [*seeds, *result.instructions]}
-    for final in result.pool:
+    for final in runner.next_pool:
         chain = [final]
         while chain[-1].parent_id:
             chain.append(by_id[chain[-1].parent_id])
@@ -67,10 +69,10 @@ def test_lineage_across_rounds():
     assert sum(v for k, v in result.counts.items() if k.startswith("operator_")) == 6
 
 
-def test_operator_prompts():
+async def test_operator_prompts():
     teacher = growing_teacher()
     ins = [Instruction(text=f"Explain topic number {i} clearly.", method="seed") for i in range(30)]
-    evol_round(teacher, ins, EvolInstructConfig(), rng=random.Random(3))
+    await aevol_round(teacher, ins, EvolInstructConfig(), rng=random.Random(3))
     ops = {r.tag.split(".")[1] for r in teacher.calls if r.tag.split(".")[1] in OPERATORS}
     assert ops == set(OPERATORS)  # random choice covers all six over 30 draws with this seed
     depth = next(r for r in teacher.calls if r.tag == "evol_instruct.add_constraints")
@@ -83,12 +85,12 @@ def test_operator_prompts():
 
     only = EvolInstructConfig(operators=["concretizing"])
     t2 = growing_teacher()
-    evol_round(t2, ins[:5], only, rng=random.Random(0))
+    await aevol_round(t2, ins[:5], only, rng=random.Random(0))
     assert {r.tag for r in t2.calls if "concret" in r.tag or r.tag.split(".")[1] in IN_DEPTH} == {
         "evol_instruct.concretizing"}
 
 
-def test_each_elimination_case():
+async def test_each_elimination_case():
     parents = {
         "copy": "Name a primary colour.",
         "equal": "Name a large mammal.",
@@ -140,7 +142,7 @@ def test_each_elimination_case():
 
     teacher = ScriptedTeacher(script)
     pool = [Instruction(text=t, method="seed") for t in parents.values()]
-    step = evol_round(teacher, pool, EvolInstructConfig(), rng=random.Random(0), round=1)
+    step = await aevol_round(teacher, pool, EvolInstructConfig(), rng=random.Random(0), round=1)
 
     reasons = {case_of_evolved[r.text]: r.metadata["eliminated"] for r in step.rejected}
     assert reasons == {
@@ -165,7 +167,7 @@ def test_each_elimination_case():
     assert {s.instruction_id for s in step.samples} == {i.id for i in step.instructions}
 
 
-def test_failed_parent_is_evolved_again_next_round():
+async def test_failed_parent_is_evolved_again_next_round():
     calls = []
 
     def script(req):
@@ -177,8 +179,9 @@ def test_failed_parent_is_evolved_again_next_round():
         return given(req) + " In detail."
 
     pool = [Instruction(text="Describe a sunrise.", method="seed")]
-    result = run_evol_instruct(ScriptedTeacher(script), pool, EvolInstructConfig(rounds=3))
-    assert result.instructions == [] and result.pool == pool and calls == [0, 1, 2]
+    runner = EvolRunner(pool, EvolInstructConfig(rounds=3), run_name="t", batch_size=8)
+    result = await drive(runner, ScriptedTeacher(script))
+    assert result.instructions == [] and runner.next_pool == pool and calls == [0, 1, 2]
     assert result.counts["eliminated_no_information_gain"] == 3
 
 
@@ -195,10 +198,12 @@ def test_helpers_and_config():
         EvolInstructConfig(min_added_words=30, max_added_words=20)
 
 
-def test_strings_in_and_no_equality_check():
+async def test_no_equality_check():
     teacher = growing_teacher()
-    result = run_evol_instruct(teacher, ["Write a riddle about time."],
-                               EvolInstructConfig(rounds=1, check_information_gain=False))
+    pool = [Instruction(text="Write a riddle about time.", method="seed")]
+    runner = EvolRunner(pool, EvolInstructConfig(rounds=1, check_information_gain=False), run_name="t",
+                        batch_size=8)
+    result = await drive(runner, teacher)
     assert len(result.instructions) == 1 and result.instructions[0].parent_id == Instruction.key_for(
         "Write a riddle about time.")
     assert not [r for r in teacher.calls if r.tag == "evol_instruct.equality"]

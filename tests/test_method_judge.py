@@ -9,8 +9,8 @@ from generators.judge import (
     JudgeConfig,
     PairwiseItem,
     SingleItem,
-    judge_pairwise,
-    judge_single,
+    ajudge_pairwise,
+    ajudge_single,
     parse_pairwise,
     parse_single,
 )
@@ -35,7 +35,7 @@ def test_parse_verdicts():
     assert parse_single("Score: 0") is None and parse_single("good") is None
 
 
-def test_pairwise_swaps_positions_and_averages():
+async def test_pairwise_swaps_positions_and_averages():
     # A position-biased judge: always +2 for whatever is shown first.
     base = {"teacher answer": 8, "student answer": 5}
 
@@ -46,7 +46,7 @@ def test_pairwise_swaps_positions_and_averages():
 
     teacher = ScriptedTeacher(script)
     item = PairwiseItem(id="s1", question="Q?", answer_a="teacher answer", answer_b="student answer")
-    [v] = judge_pairwise(teacher, [item])
+    [v] = await ajudge_pairwise(teacher, [item])
     assert v.ok and v.id == "s1" and v.winner == "a"
     assert (v.score_a, v.score_b) == (9.0, 6.0)  # (10 + 8) / 2 and (5 + 7) / 2
     assert v.gap == 3.0
@@ -55,17 +55,17 @@ def test_pairwise_swaps_positions_and_averages():
     assert v.template_version == "judge_pairwise@1" and all(c.explanation == "Explanation here." for c in v.calls)
     assert teacher.calls[0].params.temperature == 0.0
 
-    [v] = judge_pairwise(ScriptedTeacher(script), [item], JudgeConfig(swap_positions=False))
+    [v] = await ajudge_pairwise(ScriptedTeacher(script), [item], JudgeConfig(swap_positions=False))
     assert (v.score_a, v.score_b, len(v.calls)) == (10.0, 5.0, 1)
 
 
-def test_tie():
-    [v] = judge_pairwise(ScriptedTeacher(lambda r: "Same.\nScores: 6 6"),
+async def test_tie():
+    [v] = await ajudge_pairwise(ScriptedTeacher(lambda r: "Same.\nScores: 6 6"),
                          [PairwiseItem(question="Q", answer_a="x", answer_b="y")])
     assert v.winner == "tie" and v.score_a == v.score_b == 6.0
 
 
-def test_unparseable_verdict_is_retried_with_a_new_sample_then_fails():
+async def test_unparseable_verdict_is_retried_with_a_new_sample_then_fails():
     def script(req):
         # The first order parses only on its second try; the swapped order never does.
         if first_answer(req) == "one":
@@ -73,7 +73,7 @@ def test_unparseable_verdict_is_retried_with_a_new_sample_then_fails():
         return Completion(key="", ok=False, error="http 500") if req.sample_index == 0 else "No scores here."
 
     teacher = ScriptedTeacher(script)
-    [v] = judge_pairwise(teacher, [PairwiseItem(question="Q", answer_a="one", answer_b="two")],
+    [v] = await ajudge_pairwise(teacher, [PairwiseItem(question="Q", answer_a="one", answer_b="two")],
                          JudgeConfig(max_retries=2))
     assert not v.ok and v.score_a is None and v.winner is None
     assert v.calls[0].ok and v.calls[0].attempts == 2 and v.calls[0].scores == (7.0, 4.0)
@@ -85,12 +85,12 @@ def test_unparseable_verdict_is_retried_with_a_new_sample_then_fails():
     assert len({teacher.key(r) for r in teacher.calls}) == 5  # every retry is its own ledger key
 
 
-def test_single_scoring_and_decision():
+async def test_single_scoring_and_decision():
     scores = {"good answer": "Accurate and detailed.\nScore: 8", "weak answer": "Vague.\nScore: 3",
               "broken": "I refuse to rate."}
     teacher = ScriptedTeacher(lambda r: scores[prompt_text(r).split("[Assistant's answer]\n")[1].split("\n[End")[0]])
     items = [SingleItem(id=k, question="Q", answer=k) for k in scores]
-    verdicts = judge_single(teacher, items, JudgeConfig(max_retries=1))
+    verdicts = await ajudge_single(teacher, items, JudgeConfig(max_retries=1))
     assert [(v.id, v.ok, v.score) for v in verdicts] == [
         ("good answer", True, 8.0), ("weak answer", True, 3.0), ("broken", False, None)]
     assert verdicts[0].explanation == "Accurate and detailed." and verdicts[2].call.attempts == 2

@@ -5,19 +5,18 @@ from __future__ import annotations
 from generators.rationales import (
     CotExample,
     RationalesConfig,
+    agenerate_rationales,
     chat_rows,
-    generate_rationales,
     load_cot_examples,
-    load_cot_questions,
     multitask_rows,
-    normalize_answer,
-    parse_rationale,
     render_prompt,
     rows_from_records,
 )
+from core.text import normalize_answer, split_answer
 from generators.teachers.base import Completion
 from generators.teachers.scripted import ScriptedTeacher
 from storage.records import Instruction
+from storage.seeds import COT_QUESTIONS_FILE, parse_instructions_file
 
 EXAMPLES = [
     CotExample(question="Tom has 2 red and 3 blue pens. How many pens?", rationale="2 plus 3 is 5.", answer="5"),
@@ -33,11 +32,11 @@ def scripted(outputs: dict[str, list]) -> ScriptedTeacher:
     return ScriptedTeacher(script)
 
 
-def test_parse_rationale_and_normalize():
-    assert parse_rationale("3 times 4 is 12. So the answer is 12.") == ("3 times 4 is 12.", "12")
-    assert parse_rationale("Reasoning.\nso THE ANSWER IS: \"yes\".\nQ: next") == ("Reasoning.", "yes")
-    assert parse_rationale("The answer is 12", "So the answer is") is None
-    assert parse_rationale("x. Therefore: 7", "Therefore:") == ("x.", "7")
+def test_split_answer_and_normalize():
+    assert split_answer("3 times 4 is 12. So the answer is 12.") == ("3 times 4 is 12.", "12")
+    assert split_answer("Reasoning.\nso THE ANSWER IS: \"yes\".\nQ: next") == ("Reasoning.", "yes")
+    assert split_answer("The answer is 12", "So the answer is") is None
+    assert split_answer("x. Therefore: 7", "Therefore:") == ("x.", "7")
     assert normalize_answer(" (B). ") == "b" and normalize_answer("1,000") == "1000"
 
 
@@ -50,14 +49,14 @@ def test_prompt_has_examples_then_question():
     assert "penguins" not in text
 
 
-def test_gold_label_filtering_and_D_samples():
+async def test_gold_label_filtering_and_D_samples():
     outputs = {"Sam": ["4 and 4 make 8. So the answer is 8.",
                        "4 plus 4 is 9. So the answer is 9.",
                        "Double 4 is 8. So the answer is 8",
                        Completion(key="", ok=True, text="4 and 4 make", finish_reason="length")]}
     teacher = scripted(outputs)
     q = Instruction(text="Sam has 4 cats and gets 4 more. How many cats?", method="seed", metadata={"label": "8"})
-    result = generate_rationales(teacher, [q], EXAMPLES, RationalesConfig(), run_id="r")
+    result = await agenerate_rationales(teacher, [q], EXAMPLES, RationalesConfig(), run_id="r")
     assert [(s.rationale, s.response, s.label) for s in result.samples] == [
         ("4 and 4 make 8.", "8", "8"), ("Double 4 is 8.", "8", "8")]
     assert sorted(d.reason for d in result.decisions) == ["truncated", "wrong_answer"]
@@ -66,11 +65,11 @@ def test_gold_label_filtering_and_D_samples():
     s = result.samples[0]
     assert s.method == "rationales" and s.metadata["label_source"] == "gold" and s.template_version == "cot_fewshot@1"
     # A gold label passed explicitly wins over metadata.
-    result = generate_rationales(teacher, [q], EXAMPLES, gold={q.id: "9"})
+    result = await agenerate_rationales(teacher, [q], EXAMPLES, gold={q.id: "9"})
     assert [s.response for s in result.samples] == ["9"]
 
 
-def test_majority_vote_without_gold_and_tie():
+async def test_majority_vote_without_gold_and_tie():
     outputs = {
         "Is": ["Fish need water. So the answer is no.", "It has gills. So the answer is No.",
                "Maybe it can. So the answer is yes.", "I do not know."],
@@ -79,7 +78,7 @@ def test_majority_vote_without_gold_and_tie():
     }
     qs = [Instruction(text="Is a trout able to live on land?", method="seed"),
           Instruction(text="Pick A or B.", method="seed")]
-    result = generate_rationales(scripted(outputs), qs, EXAMPLES)
+    result = await agenerate_rationales(scripted(outputs), qs, EXAMPLES)
     assert [(s.response, s.label) for s in result.samples] == [("no", "no"), ("No", "no")]
     assert all(s.metadata["label_source"] == "majority" for s in result.samples)
     reasons = sorted(d.reason for d in result.decisions)
@@ -87,9 +86,9 @@ def test_majority_vote_without_gold_and_tie():
     assert result.counts["failed"] == 1
 
 
-def test_exports():
+async def test_exports():
     q = Instruction(text="Sam has 4 cats and gets 4 more. How many cats?", method="seed", metadata={"label": "8"})
-    result = generate_rationales(scripted({"Sam": ["4 and 4 make 8. So the answer is 8."]}), [q], EXAMPLES,
+    result = await agenerate_rationales(scripted({"Sam": ["4 and 4 make 8. So the answer is 8."]}), [q], EXAMPLES,
                                  RationalesConfig(num_samples=1))
     rows = rows_from_records([q], result.samples)
     assert multitask_rows(rows) == [
@@ -102,5 +101,5 @@ def test_exports():
 
 def test_shipped_files_load():
     assert all(e.question and e.rationale and e.answer for e in load_cot_examples())
-    qs = load_cot_questions()
+    qs = parse_instructions_file(COT_QUESTIONS_FILE)
     assert qs and all(q.metadata.get("label") for q in qs)

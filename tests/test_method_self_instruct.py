@@ -8,24 +8,22 @@ import pytest
 from pydantic import ValidationError
 
 from generators.self_instruct import (
-    SeedInstance,
-    SeedTask,
     SelfInstructConfig,
     SelfInstructState,
     check_instruction,
     choose_demos,
-    load_seed_tasks,
     parse_alpaca_tasks,
     parse_classification,
     parse_instances,
     parse_numbered_items,
     render_prompt,
-    run_self_instruct,
-    seeds_from_records,
-    self_instruct_step,
+    SelfInstructRunner,
+    aself_instruct_step,
 )
 from generators.teachers.base import ChatRequest, Completion
 from generators.teachers.scripted import ScriptedTeacher, prompt_text
+from runners import drive
+from storage.seeds import SeedInstance, SeedTask
 
 SEED_TEXTS = [
     "Give three tips for staying focused while studying at home.",
@@ -122,25 +120,14 @@ def test_config_defaults_and_alpaca_variant():
     assert (c.num_seed_demos, c.num_machine_demos, c.temperature, c.top_p, c.presence_penalty, c.max_tokens) == (
         6, 2, 0.7, 0.5, 2.0, 1024)
     assert c.stop_sequences() == ["\n\n", "\n16", "16.", "16 ."]
-    a = SelfInstructConfig(variant="alpaca")
+    a = SelfInstructConfig(method="alpaca")
     assert (a.num_seed_demos, a.list_length, a.temperature, a.max_tokens) == (3, 20, 1.0, 3072)
     assert {"video", "audio", "music", "flowchart", "diagram", "image"} <= set(a.blacklist)
-    assert SelfInstructConfig(variant="alpaca", temperature=0.5).temperature == 0.5
+    assert SelfInstructConfig(method="alpaca", temperature=0.5).temperature == 0.5
     with pytest.raises(ValidationError):
         SelfInstructConfig(min_words=10, max_words=5)
     with pytest.raises(ValidationError):
         SelfInstructConfig(bogus=1)
-
-
-def test_load_seed_tasks_shipped_file_and_records():
-    tasks = load_seed_tasks()
-    assert len(tasks) >= 8 and all(t.instruction and t.instances for t in tasks)
-    task, instances, samples = tasks[0].to_records()
-    assert task.method == "seed" and samples and samples[0].teacher_model == "human"
-    assert all(i.parent_id == task.id and i.operator == "instance" for i in instances)
-    back = seeds_from_records([task, *instances], samples)
-    assert back[0].instruction == tasks[0].instruction
-    assert [i.output for i in back[0].instances] == [i.output for i in tasks[0].instances]
 
 
 def test_demos_six_seeds_two_machine_shuffled_and_prompt_ends_at_nine():
@@ -187,7 +174,7 @@ def test_each_filter_with_its_reason():
     assert decision.reason == "blacklisted_word"
 
 
-def test_step_records_reasons_and_pool_grows_immediately():
+async def test_step_records_reasons_and_pool_grows_immediately():
     response = (" Name three rivers that flow through Europe.\n"
                 "10. Name three rivers that flow through Europe today.\n"
                 "11. Draw a map of your neighbourhood.\n"
@@ -197,7 +184,7 @@ def test_step_records_reasons_and_pool_grows_immediately():
     teacher = ScriptedTeacher(generating(response))
     config = no_instances()
     state = SelfInstructState.create(seeds(), config)
-    step = self_instruct_step(teacher, state, config, rng=random.Random(1), batch_size=1, run_id="r1")
+    step = await aself_instruct_step(teacher, state, config, rng=random.Random(1), batch_size=1, run_id="r1")
     texts = [i.text for i in step.instructions]
     assert texts == ["Name three rivers that flow through Europe.", "Suggest two board games for a family evening."]
     reasons = {d.reason for d in step.decisions if not d.kept}
@@ -214,13 +201,13 @@ def test_step_records_reasons_and_pool_grows_immediately():
     assert req.params.top_p == 0.5 and req.params.max_tokens == 1024 and "\n\n" in req.params.stop
 
 
-def test_a_copied_seed_gets_no_drop_decision_under_its_own_id():
+async def test_a_copied_seed_gets_no_drop_decision_under_its_own_id():
     seed_text = SEED_TEXTS[0]
     teacher = ScriptedTeacher(generating(f" {seed_text}\n10. Plan a scavenger hunt for a rainy afternoon.\n"
                                          "11. Plan a scavenger hunt for a rainy afternoon."))
     config = no_instances()
     state = SelfInstructState.create(seeds(), config)
-    step = self_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=1)
+    step = await aself_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=1)
     from storage.records import Instruction
     ids = {Instruction.key_for(seed_text)} | {i.id for i in step.instructions}
     assert not [d for d in step.decisions if d.item_id in ids and not d.kept]
@@ -228,31 +215,31 @@ def test_a_copied_seed_gets_no_drop_decision_under_its_own_id():
     assert [i.text for i in step.instructions] == ["Plan a scavenger hunt for a rainy afternoon."]
 
 
-def test_truncated_response_dropped_whole_and_failures_counted():
+async def test_truncated_response_dropped_whole_and_failures_counted():
     cut = Completion(key="", ok=True, text=" Plan a garden.\n10. List four", finish_reason="length")
     teacher = ScriptedTeacher(generating(cut))
     config = no_instances()
     state = SelfInstructState.create(seeds(), config)
-    step = self_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=2)
+    step = await aself_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=2)
     assert step.instructions == [] and step.counts["truncated"] == 2 and state.accepted == 0
 
     failing = ScriptedTeacher(lambda req: Completion(key="", ok=False, error="http 503"))
-    step = self_instruct_step(failing, state, config, rng=random.Random(0), batch_size=3)
+    step = await aself_instruct_step(failing, state, config, rng=random.Random(0), batch_size=3)
     assert step.counts["failed"] == 3 and step.instructions == [] and step.samples == []
 
 
-def test_garbage_output_is_filtered_not_crashing():
+async def test_garbage_output_is_filtered_not_crashing():
     teacher = ScriptedTeacher(generating("!!!\n\n???"))
     config = no_instances()
-    step = self_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
+    step = await aself_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
                               rng=random.Random(0), batch_size=1)
     assert step.instructions == [] and step.counts["dropped_too_short"] == 1
 
 
-def test_chat_format_requests():
+async def test_chat_format_requests():
     teacher = ScriptedTeacher(generating("Sure:\n9. Plan a weekend reading schedule for a busy parent."))
     config = no_instances(request_format="chat", system_prompt="You write tasks.")
-    step = self_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
+    step = await aself_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
                               rng=random.Random(0), batch_size=1)
     assert [i.text for i in step.instructions] == ["Plan a weekend reading schedule for a busy parent."]
     req = teacher.calls[0]
@@ -263,7 +250,7 @@ def test_chat_format_requests():
 # --------------------------------------------------------------------------- classification and instances
 
 
-def test_classification_and_instances():
+async def test_classification_and_instances():
     response = (" Decide whether the number is prime or composite.\n"
                 "10. Convert the distance from miles to kilometres.\n"
                 "11. Tell whether the fruit named is sweet or sour.\n"
@@ -291,7 +278,7 @@ def test_classification_and_instances():
     teacher = ScriptedTeacher(generating(response, **{"self_instruct.classify": classify,
                                                       "self_instruct.instances": instance}))
     config = SelfInstructConfig()
-    step = self_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
+    step = await aself_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
                               rng=random.Random(0), batch_size=1)
     tasks = {i.text: i for i in step.instructions if i.operator is None}
     assert len(tasks) == 4
@@ -326,7 +313,7 @@ def test_classification_and_instances():
                for s in step.samples)
 
 
-def test_at_most_five_instances_and_no_input_instances_attach_to_task():
+async def test_at_most_five_instances_and_no_input_instances_attach_to_task():
     many = "\n".join(f"Example {i}\nInput: {i} apples\nOutput: {i * 2} halves" for i in range(1, 8))
     teacher = ScriptedTeacher(generating(
         " Split each apple into halves and count them.\n10. Write a limerick about a forgetful owl.",
@@ -334,7 +321,7 @@ def test_at_most_five_instances_and_no_input_instances_attach_to_task():
            "self_instruct.instances": lambda r: many if "apple" in prompt_text(r).split("Task:")[-1]
            else "Example 1\nInput:\nOutput: An owl who forgot where she slept..."}))
     config = SelfInstructConfig()
-    step = self_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
+    step = await aself_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
                               rng=random.Random(0), batch_size=1)
     apple = next(i for i in step.instructions if i.text.startswith("Split") and i.operator is None)
     assert apple.metadata["instances"] == 5
@@ -346,16 +333,16 @@ def test_at_most_five_instances_and_no_input_instances_attach_to_task():
 # --------------------------------------------------------------------------- Alpaca and the loop
 
 
-def test_alpaca_variant():
+async def test_alpaca_variant():
     response = (" Name a fruit that is yellow.\n4. Input:\n<noinput>\n4. Output:\nA banana.\n###\n"
                 "5. Instruction: Compose a short melody description using music terms.\n5. Input:\n<noinput>\n"
                 "5. Output:\nA slow waltz.\n###\n"
                 "6. Instruction: Sort these numbers in ascending order.\n6. Input:\n3, 1, 2\n6. Output:\n1, 2, 3\n###\n"
                 "7. Instruction: Count the vowels in the word.\n7. Input:\nbanana\n7. Output:\n")
     teacher = ScriptedTeacher(generating(Completion(key="", ok=True, text=response, finish_reason="length")))
-    config = SelfInstructConfig(variant="alpaca")
+    config = SelfInstructConfig(method="alpaca")
     state = SelfInstructState.create(seeds(), config)
-    step = self_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=1)
+    step = await aself_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=1)
     assert [(i.text, i.input) for i in step.instructions] == [
         ("Name a fruit that is yellow.", ""), ("Sort these numbers in ascending order.", "3, 1, 2")]
     assert [s.response for s in step.samples] == ["A banana.", "1, 2, 3"]
@@ -368,7 +355,7 @@ def test_alpaca_variant():
     assert state.outputs[step.instructions[0].id] == "A banana."
 
 
-def test_run_self_instruct_reaches_target_and_stops_on_a_useless_teacher():
+async def test_runner_grows_the_pool_batch_by_batch_and_a_useless_teacher_adds_nothing():
     topics = iter(["volcanoes erupting underwater", "medieval bread baking", "training a stubborn parrot",
                    "tax rules for freelancers", "knitting wool socks quickly", "the history of chess clocks"])
 
@@ -378,12 +365,14 @@ def test_run_self_instruct_reaches_target_and_stops_on_a_useless_teacher():
         return "No" if req.tag == "self_instruct.classify" else "Output: Something fun."
 
     teacher = ScriptedTeacher(script)
-    result = run_self_instruct(teacher, seeds(), SelfInstructConfig(), target=3, batch_size=2, seed=0)
-    assert result.state.accepted >= 3 and result.steps == 2
-    assert len(result.samples) == result.state.accepted  # one no-input instance each
+    runner = SelfInstructRunner(seeds(), SelfInstructConfig(), run_name="t", batch_size=2)
+    result = await drive(runner, teacher, max_batches=2)
+    assert runner.state.accepted >= 3 and runner.batches == 2
+    assert len(result.samples) == runner.state.accepted  # one no-input instance each
     indexes = [r.sample_index for r in teacher.calls if r.tag == "self_instruct.generate"]
     assert indexes == list(range(len(indexes)))  # every prompt is a distinct request
 
     useless = ScriptedTeacher(lambda req: "Hi.")
-    result = run_self_instruct(useless, seeds(), no_instances(), target=3, batch_size=2, max_steps=4)
-    assert result.steps == 4 and result.state.accepted == 0 and result.counts["dropped_too_short"] == 8
+    runner = SelfInstructRunner(seeds(), no_instances(), run_name="t", batch_size=2)
+    result = await drive(runner, useless, max_batches=4)
+    assert runner.batches == 4 and runner.state.accepted == 0 and result.counts["dropped_too_short"] == 8

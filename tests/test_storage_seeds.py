@@ -78,3 +78,23 @@ def test_missing_and_empty_files(tmp_path):
         parse_seed_file(tmp_path / "nope.jsonl")
     with pytest.raises(InputError, match="no seed tasks"):
         parse_seed_file(_write(tmp_path, [""]))
+
+
+def test_seed_tasks_round_trip_through_the_store_with_their_names(store):
+    """One seed format: tasks parsed from the file, stored, read back, are the same tasks."""
+    from storage.seeds import load_seed_tasks, seed_tasks
+    from storage.records import Instruction, Sample
+
+    instructions, samples = parse_seed_file(DEFAULT_SEED_FILE)
+    store.ingest([*instructions, *samples])
+    stored_ins = [Instruction(**{**r, "metadata": json.loads(r["metadata"]),
+                                 "sampling_params": None}) for r in store.query("SELECT * FROM instructions")]
+    stored_samples = [Sample(**{**r, "metadata": json.loads(r["metadata"]), "sampling_params": None})
+                      for r in store.query("SELECT * FROM samples")]
+    from_file = {t.name: t for t in load_seed_tasks()}
+    from_store = {t.name: t for t in seed_tasks(stored_ins, stored_samples)}
+    assert from_store.keys() == from_file.keys() and "review_sentiment" in from_file  # names survive
+    for name, task in from_file.items():
+        back = from_store[name]
+        assert (back.instruction, back.is_classification) == (task.instruction, task.is_classification)
+        assert sorted((i.input, i.output) for i in back.instances) == sorted((i.input, i.output) for i in task.instances)

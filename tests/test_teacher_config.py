@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from generators.teachers.base import ChatRequest, SamplingParams
-from generators.teachers.config import TeacherConfig, TransformersOptions, VLLMOptions, build_teacher
+from generators.teachers import build_teacher
+from generators.teachers.config import (
+    TEACHER_CONFIGS,
+    OpenAIConfig,
+    ScriptedConfig,
+    TransformersConfig,
+    VLLMConfig,
+    load_teacher_config,
+    teacher_config,
+)
 from generators.teachers.ledger import LedgeredTeacher
 from generators.teachers.openai_backend import OpenAITeacher
 from core.errors import InputError
@@ -24,46 +33,48 @@ teacher:
   tpm: 200000
   defaults: {temperature: 0.7, max_tokens: 512, stop: ["###"]}
 """)
-    cfg = TeacherConfig.from_yaml(path)
+    cfg = load_teacher_config(path)
+    assert isinstance(cfg, OpenAIConfig)
     assert cfg.rpm == 500 and cfg.defaults == SamplingParams(temperature=0.7, max_tokens=512, stop=("###",))
-    assert TeacherConfig.from_dict(cfg.model_dump()) == cfg
+    assert teacher_config(cfg.model_dump()) == cfg
+    assert isinstance(teacher_config({}), TransformersConfig)  # no backend: the embedded default
 
 
 @pytest.mark.parametrize("data, message", [
     ({"backend": "openai"}, "needs a model name"),
     ({"backend": "openai", "model": "m", "api_key_env": "A", "prefect_secret": "b"}, "not both"),
-    ({"backend": "transformers", "base_url": "http://x/v1"}, "runs in-process"),
-    ({"backend": "transformers", "rpm": 10}, "runs in-process"),
-    ({"backend": "openai", "model": "m", "vllm": {"port": 8000}}, "vllm options given"),
-    ({"backend": "vllm", "base_url": "http://x/v1", "vllm": {"port": 8000}}, "not both"),
-    ({"backend": "openai", "model": "m", "transformers": {}}, "transformers options given"),
-    ({"backend": "openai", "model": "m", "script": {"a": "b"}}, "script"),
+    ({"backend": "transformers", "base_url": "http://x/v1"}, "transformers.base_url: Extra inputs"),
+    ({"backend": "transformers", "rpm": 10}, "transformers.rpm: Extra inputs"),
+    ({"backend": "openai", "model": "m", "port": 8000}, "openai.port: Extra inputs"),
+    ({"backend": "vllm", "base_url": "http://x/v1", "port": 8000}, "base_url .* or server options \\(port"),
+    ({"backend": "openai", "model": "m", "device": "cpu"}, "openai.device: Extra inputs"),
+    ({"backend": "openai", "model": "m", "script": {"a": "b"}}, "openai.script: Extra inputs"),
     ({"backend": "openai", "model": "m", "backoff_base_s": 10, "backoff_max_s": 1}, "backoff_base_s"),
     ({"backend": "openai", "model": "m", "concurency": 3}, "concurency"),
     ({"backend": "openai", "model": "m", "concurrency": 0}, "concurrency"),
-    ({"backend": "grpc"}, "backend"),
+    ({"backend": "grpc"}, "backend must be one of openai, vllm, transformers, scripted"),
     ({"backend": "openai", "model": "m", "token": "x"}, "api_key_env"),
 ])
 def test_contradictions_are_rejected_at_load(data, message):
     with pytest.raises(InputError, match=message):
-        TeacherConfig.from_dict(data)
+        teacher_config(data)
 
 
 def test_bad_yaml_names_the_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("backend: openai\nmodel: [unclosed\n")
-    with pytest.raises(InputError, match=r"bad.yaml line \d"):
-        TeacherConfig.from_yaml(path)
+    with pytest.raises(InputError, match=r"bad.yaml:\d: not valid YAML"):
+        load_teacher_config(path)
 
 
 def test_every_field_is_documented():
-    for model in (TeacherConfig, VLLMOptions, TransformersOptions):
+    for model in TEACHER_CONFIGS:
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
 
 
 def test_build_teacher(fake_openai, store):
-    cfg = TeacherConfig(backend="openai", model="fake-model", base_url=fake_openai.url, concurrency=3,
+    cfg = OpenAIConfig(model="fake-model", base_url=fake_openai.url, concurrency=3,
                         defaults=SamplingParams(max_tokens=2))
     bare = build_teacher(cfg)
     assert isinstance(bare, OpenAITeacher) and bare.concurrency == 3
@@ -73,12 +84,12 @@ def test_build_teacher(fake_openai, store):
     assert done.ok and done.truncated  # the default max_tokens=2 was applied
     assert ledgered.key(ChatRequest.chat("x")) == bare.key(ChatRequest.chat("x"))
 
-    scripted = build_teacher(TeacherConfig(backend="scripted", script={"q": "a"}, default_response="?"))
+    scripted = build_teacher(ScriptedConfig(script={"q": "a"}, default_response="?"))
     assert [d.text for d in scripted.generate([ChatRequest.chat("q"), ChatRequest.chat("z")])] == ["a", "?"]
 
 
 def test_default_backend_is_the_embedded_teacher():
     from generators.teachers.transformers_backend import TransformersTeacher
 
-    teacher = build_teacher(TeacherConfig())
+    teacher = build_teacher(TransformersConfig())
     assert isinstance(teacher, TransformersTeacher) and teacher.model == "SmolLM2-135M-Instruct"

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from generators.teachers.base import ChatRequest
-from generators.teachers.config import TeacherConfig, build_teacher
+from generators.teachers import build_teacher
+from generators.teachers.config import OpenAIConfig, load_teacher_config
 from generators.teachers.ledger import LedgeredTeacher
 from generators.teachers.limits import TokenBucket
 from generators.teachers.openai_backend import OpenAITeacher, parse_retry_after
@@ -210,7 +211,7 @@ def test_api_key_never_reaches_db_logs_or_errors(fake_openai, store, tmp_path, m
     caplog.set_level(logging.DEBUG)
     fake_openai.set_faults("denied", ["401"])
     fake_openai.set_faults("flaky", ["500", "503"])
-    config = TeacherConfig(backend="openai", model="fake-model", base_url=fake_openai.url,
+    config = OpenAIConfig(model="fake-model", base_url=fake_openai.url,
                            api_key_env="DISTILL_TEST_KEY", max_retries=2, backoff_base_s=0.01)
     teacher = build_teacher(config, store=store, run_id="r-secret")
     done = teacher.generate([ChatRequest.chat(p) for p in ("fine", "denied", "flaky")])
@@ -232,10 +233,10 @@ def test_config_refuses_literal_keys_without_echoing_them(tmp_path):
     from core.errors import InputError
 
     with pytest.raises(InputError) as err:
-        TeacherConfig.from_yaml(path)
+        load_teacher_config(path)
     assert "api_key_env" in str(err.value) and SECRET not in str(err.value)
     with pytest.raises(Exception) as err2:
-        TeacherConfig(backend="openai", model="m", api_key=SECRET)
+        OpenAIConfig(model="m", api_key=SECRET)
     assert SECRET not in str(err2.value)
 
 
@@ -243,7 +244,7 @@ def test_missing_key_variable_is_a_clear_error(monkeypatch):
     from core.errors import TeacherError
 
     monkeypatch.delenv("DISTILL_NO_SUCH_KEY", raising=False)
-    config = TeacherConfig(backend="openai", model="m", api_key_env="DISTILL_NO_SUCH_KEY")
+    config = OpenAIConfig(model="m", api_key_env="DISTILL_NO_SUCH_KEY")
     with pytest.raises(TeacherError, match="DISTILL_NO_SUCH_KEY"):
         build_teacher(config)
 
@@ -259,7 +260,7 @@ def test_api_key_from_a_prefect_secret_block(prefect_harness, fake_openai, store
     key = SECRET + "-block"
     Secret(value=key).save("distill-test-key", overwrite=True)
     caplog.set_level(logging.DEBUG)
-    config = TeacherConfig(backend="openai", model="fake-model", base_url=fake_openai.url,
+    config = OpenAIConfig(model="fake-model", base_url=fake_openai.url,
                            prefect_secret="distill-test-key")
     teacher = build_teacher(config, store=store, run_id="r-block")
     done = teacher.generate([ChatRequest.chat("fine")])
@@ -270,6 +271,6 @@ def test_api_key_from_a_prefect_secret_block(prefect_harness, fake_openai, store
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
-    missing = TeacherConfig(backend="openai", model="m", prefect_secret="no-such-block")
+    missing = OpenAIConfig(model="m", prefect_secret="no-such-block")
     with pytest.raises(TeacherError, match="cannot load Prefect Secret block 'no-such-block'"):
         missing.resolve_api_key()

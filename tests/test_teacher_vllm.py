@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from generators.teachers.base import ChatRequest
-from generators.teachers.config import VLLMOptions
+from generators.teachers.config import VLLMConfig
 from generators.teachers.vllm_backend import VLLMServer, VLLMTeacher
 from core.errors import TeacherError
 
@@ -53,8 +53,8 @@ def test_serves_and_stops_its_whole_process_group(tmp_path, model_dir):
         (trap '' TERM; sleep 300) &
         exec {sys.executable} {FAKE_SERVER} --port "$2"
     """)
-    options = VLLMOptions(python=python, model_dir=model_dir, startup_timeout_s=30, log_file=str(tmp_path / "v.log"))
-    teacher = VLLMTeacher(options=options, max_retries=0)
+    options = VLLMConfig(python=python, model_path=model_dir, startup_timeout_s=30, log_file=str(tmp_path / "v.log"))
+    teacher = VLLMTeacher(options, max_retries=0)
     assert teacher.model == "tiny-model"
     done = teacher.generate([ChatRequest.chat("hello", logprobs=2)])[0]
     assert done.ok and done.text == "echo: hello" and done.logprobs
@@ -68,20 +68,20 @@ def test_serves_and_stops_its_whole_process_group(tmp_path, model_dir):
 
 
 def test_no_orphans_when_the_caller_fails(tmp_path, model_dir, store):
-    from generators.teachers.config import TeacherConfig, build_teacher
+    from generators.teachers import build_teacher
 
     python = stand_in(tmp_path, f"""
         while [ "$1" != "--port" ]; do shift; done
         exec {sys.executable} {FAKE_SERVER} --port "$2"
     """)
-    options = VLLMOptions(python=python, model_dir=model_dir, log_file=str(tmp_path / "v.log"))
+    options = VLLMConfig(python=python, model_path=model_dir, log_file=str(tmp_path / "v.log"))
     with pytest.raises(RuntimeError, match="flow failed"):
-        with VLLMTeacher(options=options) as teacher:
+        with VLLMTeacher(options) as teacher:
             pgid = teacher.server.proc.pid
             raise RuntimeError("flow failed")
     assert group_gone(pgid)
 
-    ledgered = build_teacher(TeacherConfig(backend="vllm", vllm=options), store=store)
+    ledgered = build_teacher(options, store=store)
     try:
         assert ledgered.generate([ChatRequest.chat("x")])[0].ok
         pgid = ledgered.inner.server.proc.pid
@@ -97,7 +97,7 @@ def test_server_that_dies_shows_its_log(tmp_path, model_dir):
         exit 3
     """)
     with pytest.raises(TeacherError, match=r"(?s)exited with code 3.*something broke"):
-        VLLMServer(VLLMOptions(python=python, model_dir=model_dir, log_file=str(tmp_path / "v.log"))).start()
+        VLLMServer(VLLMConfig(python=python, model_path=model_dir, log_file=str(tmp_path / "v.log"))).start()
 
 
 def test_startup_timeout_stops_the_server(tmp_path, model_dir):
@@ -105,7 +105,7 @@ def test_startup_timeout_stops_the_server(tmp_path, model_dir):
         echo "still compiling..."
         exec sleep 300
     """)
-    server = VLLMServer(VLLMOptions(python=python, model_dir=model_dir, startup_timeout_s=1.5,
+    server = VLLMServer(VLLMConfig(python=python, model_path=model_dir, startup_timeout_s=1.5,
                                     log_file=str(tmp_path / "v.log")))
     with pytest.raises(TeacherError, match=r"(?s)did not answer.*still compiling"):
         server.start()
@@ -115,13 +115,13 @@ def test_startup_timeout_stops_the_server(tmp_path, model_dir):
 def test_missing_interpreter_is_a_clear_error(monkeypatch, model_dir):
     monkeypatch.delenv("DISTILL_VLLM_PYTHON", raising=False)
     with pytest.raises(TeacherError, match="DISTILL_VLLM_PYTHON"):
-        VLLMServer(VLLMOptions(model_dir=model_dir)).start()
+        VLLMServer(VLLMConfig(model_path=model_dir)).start()
     with pytest.raises(TeacherError, match="does not exist"):
-        VLLMServer(VLLMOptions(python="/nonexistent/python", model_dir=model_dir)).start()
+        VLLMServer(VLLMConfig(python="/nonexistent/python", model_path=model_dir)).start()
 
 
 def test_attach_to_a_running_server(fake_openai):
-    teacher = VLLMTeacher(base_url=fake_openai.url)
+    teacher = VLLMTeacher(VLLMConfig(base_url=fake_openai.url))
     assert teacher.model == "fake" and teacher.server is None  # from /v1/models
     assert teacher.generate([ChatRequest.completion("continue")])[0].text == "echo: continue"
 
@@ -136,9 +136,9 @@ def test_real_vllm_serves_the_embedded_teacher(tmp_path):
     from generators.teachers.ledger import LedgeredTeacher
     from storage.store import Store
 
-    options = VLLMOptions(model_dir=str(ensure_embedded_teacher()), startup_timeout_s=600,
-                          extra_args=["--max-model-len", "2048"], log_file=str(tmp_path / "vllm.log"))
-    with VLLMTeacher(options=options, concurrency=8, timeout_s=120) as teacher:
+    options = VLLMConfig(model_path=str(ensure_embedded_teacher()), startup_timeout_s=600, concurrency=8,
+                         timeout_s=120, extra_args=["--max-model-len", "2048"], log_file=str(tmp_path / "vllm.log"))
+    with VLLMTeacher(options) as teacher:
         pgid = teacher.server.proc.pid
         ledgered = LedgeredTeacher(teacher, Store(tmp_path / "v.duckdb"))
         requests = [ChatRequest.chat(q, max_tokens=8, temperature=0, logprobs=3)

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from core.config import load_config_file
 from core.errors import InputError
 
 Method = Literal["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "distill"]
@@ -190,17 +191,8 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        if not path.exists():
-            raise InputError(f"{path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise InputError(f"{path}: not valid YAML: {exc}") from exc
-        try:
-            return cls.model_validate(data)
-        except ValueError as exc:
-            raise InputError(f"{path}: {exc}") from exc
+        """A training config from YAML (a file of its own, or one with a top-level ``train:``)."""
+        return load_config_file(path, cls, section="train")
 
     def to_yaml(self, path: str | Path) -> Path:
         path = Path(path)

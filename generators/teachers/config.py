@@ -1,15 +1,28 @@
-"""Teacher configuration: one typed, documented, validated model behind YAML, CLI and Prefect.
+"""Teacher configuration: one model per backend, chosen by ``backend``, behind YAML, CLI and UI.
 
-    teacher:                          # configs/*.yaml (the `teacher:` level is optional)
-      backend: openai
+    teacher:                          # configs/*.yaml
+      backend: openai                 # openai | vllm | transformers | scripted (default transformers)
       model: gpt-4o-mini
       api_key_env: OPENAI_API_KEY     # the NAME of the variable; the key is never in a config
       concurrency: 32
       rpm: 500
       defaults: {temperature: 0.7, max_tokens: 512}
 
-    config = TeacherConfig.from_yaml("configs/teacher.yaml")
-    teacher = build_teacher(config, store=Store(db), run_id=run.id)   # ledgered when a store is given
+    teacher:
+      backend: vllm                   # start a vLLM server on these weights...
+      model_path: /models/llama-8b
+      python: .venv-vllm/bin/python
+    teacher:
+      backend: vllm                   # ...or attach to one (model_path: where its weights are,
+      base_url: http://gpu:8000/v1    #  for white-box distillation)
+
+    config = load_teacher_config("configs/teacher.yaml")   # InputError naming each bad field
+    teacher = build_teacher(config, store=Store(db))         # generators.teachers: the factory
+
+``TeacherConfig`` is a union discriminated by ``backend``: each backend's options sit
+beside it (``model_path``, ``device`` for transformers; ``python``, ``port`` for vllm;
+``script`` for scripted) and a field of another backend is refused by name. A config
+without ``backend`` is the embedded default teacher (transformers).
 
 The API key is read when the teacher is built (from the environment variable or the
 Prefect Secret block the config names) and handed to the HTTP client; it is never part
@@ -21,60 +34,51 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from generators.teachers.base import SamplingParams, Teacher
-from core.errors import InputError, TeacherError
+from core.config import load_config_file, validate
+from core.embedded import EMBEDDED_MODEL_NAME
+from core.errors import TeacherError
+from generators.teachers.base import SamplingParams
 
 _SECRET_FIELDS = ("api_key", "key", "token", "secret", "password")
 
 
-class VLLMOptions(BaseModel):
-    """How distillery starts a local vLLM server (backend ``vllm`` without ``base_url``)."""
+class _Teacher(BaseModel):
+    """What every teacher has: a model name and default sampling params."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
-    python: str | None = Field(
-        None, description="Python interpreter of the vLLM virtual environment; default $DISTILL_VLLM_PYTHON.")
-    model_dir: str | None = Field(
-        None, description="Model folder to serve; default the embedded SmolLM2 teacher (converted on demand).")
-    host: str = Field("127.0.0.1", description="Interface the server listens on.")
-    port: int | None = Field(None, ge=1, le=65535, description="Port; default a free one.")
-    dtype: str = Field("bfloat16", description="--dtype passed to vLLM.")
-    kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE (GiB of KV cache on CPU).")
-    extra_args: list[str] = Field(default_factory=list, description="More api_server arguments, verbatim.")
-    startup_timeout_s: float = Field(300.0, gt=0, description="How long to wait for /health.")
-    log_file: str | None = Field(None, description="Server log; default a file in the cache folder.")
-
-
-class TransformersOptions(BaseModel):
-    """The in-process Hugging Face teacher (backend ``transformers``)."""
-
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    model_path: str | None = Field(
-        None, description="Model folder; default the embedded SmolLM2-135M-Instruct (converted on demand).")
-    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; 'auto' = float32 on CPU, bfloat16 on CUDA.")
-    batch_size: int | None = Field(None, ge=1, description="Prompts per generate() call; default sized to memory.")
-    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; default the cores this process may use.")
-
-
-class TeacherConfig(BaseModel):
-    """Which teacher to use and how hard to push it."""
-
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    backend: Literal["openai", "vllm", "transformers", "scripted"] = Field(
-        "transformers", description="openai: any OpenAI-compatible API; vllm: a local vLLM server; "
-        "transformers: in-process model; scripted: canned answers (tests, dry runs).")
     model: str | None = Field(
         None, description="Model name sent to the API and hashed into ledger keys. Required for openai; "
         "default for local backends: the model folder's name.")
+    defaults: SamplingParams = Field(
+        default_factory=SamplingParams,
+        description="Sampling params for every field a request leaves unset (the one layer of defaults: a "
+        "method's own setting wins where it sets one, e.g. Self-Instruct's temperature 0.7).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in _SECRET_FIELDS:
+                if name in data:
+                    raise ValueError(
+                        f"'{name}' must not be in a teacher config: put the key in an environment "
+                        "variable and name it in api_key_env (or use prefect_secret)")
+        return data
+
+    @property
+    def local_weights(self) -> Path | None:
+        """The folder of the teacher's weights on this machine, when it has one (white-box KD)."""
+        return None
+
+
+class _HTTPTeacher(_Teacher):
+    """A teacher behind an OpenAI-compatible HTTP API."""
+
     base_url: str | None = Field(
         None, description="API base URL, e.g. http://host:8000/v1. openai: default api.openai.com; "
         "vllm: attach to this running server instead of starting one.")
@@ -94,78 +98,15 @@ class TeacherConfig(BaseModel):
     http_client: Literal["aiohttp", "httpx"] = Field(
         "aiohttp", description="HTTP stack under the openai client: aiohttp (the SDK's aiohttp backend; less "
         "client CPU per request at high concurrency, see BENCHMARKS.md) or httpx (the SDK's default).")
-    defaults: SamplingParams = Field(
-        default_factory=SamplingParams, description="Sampling params for fields a request leaves unset.")
-    vllm: VLLMOptions | None = Field(None, description="vllm backend: how to start the server.")
-    transformers: TransformersOptions | None = Field(None, description="transformers backend options.")
-    script: dict[str, str] | None = Field(None, description="scripted backend: prompt -> answer.")
-    default_response: str | None = Field(None, description="scripted backend: answer for unscripted prompts.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_secrets(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for name in _SECRET_FIELDS:
-                if name in data:
-                    raise ValueError(
-                        f"'{name}' must not be in a teacher config: put the key in an environment "
-                        "variable and name it in api_key_env (or use prefect_secret)")
-        return data
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TeacherConfig":
-        problems = []
+    def _http_consistent(self) -> "_HTTPTeacher":
         if self.api_key_env and self.prefect_secret:
-            problems.append("set api_key_env or prefect_secret, not both")
+            raise ValueError("set api_key_env or prefect_secret, not both")
         if self.backoff_base_s > self.backoff_max_s:
-            problems.append("backoff_base_s is larger than backoff_max_s")
-        if self.backend != "vllm" and self.vllm is not None:
-            problems.append(f"vllm options given but backend is {self.backend!r}")
-        if self.backend != "transformers" and self.transformers is not None:
-            problems.append(f"transformers options given but backend is {self.backend!r}")
-        if self.backend != "scripted" and (self.script is not None or self.default_response is not None):
-            problems.append(f"script/default_response given but backend is {self.backend!r}")
-        if self.backend == "openai" and not self.model:
-            problems.append("backend openai needs a model name")
-        if self.backend == "vllm" and self.base_url and self.vllm is not None:
-            problems.append("backend vllm: give base_url (attach to a running server) or vllm options "
-                            "(start one), not both")
-        if self.backend in ("transformers", "scripted"):
-            remote = [n for n in ("base_url", "api_key_env", "prefect_secret", "rpm", "tpm")
-                      if getattr(self, n) is not None]
-            if remote:
-                problems.append(f"backend {self.backend} runs in-process: {', '.join(remote)} make no sense")
-        if problems:
-            raise ValueError("; ".join(problems))
+            raise ValueError("backoff_base_s is larger than backoff_max_s")
         return self
 
-    # -- loading -------------------------------------------------------------------------------
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, source: str = "teacher config") -> "TeacherConfig":
-        """Validate ``data`` (optionally nested under ``teacher:``); InputError naming each problem."""
-        if isinstance(data, dict) and set(data) == {"teacher"}:
-            data = data["teacher"]
-        if not isinstance(data, dict):
-            raise InputError(f"{source}: expected a mapping of teacher settings")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as err:
-            raise InputError(f"{source}: {_describe(err)}") from None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "TeacherConfig":
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such teacher config") from None
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise InputError(f"{path}{where}: not valid YAML") from None
-        return cls.from_dict(data, source=str(path))
-
-    # -- secrets -------------------------------------------------------------------------------
     def resolve_api_key(self) -> str | None:
         """The API key from the named environment variable or Prefect Secret block (or None)."""
         if self.api_key_env:
@@ -184,47 +125,144 @@ class TeacherConfig(BaseModel):
             return str(value)
         return None
 
+    def client_args(self) -> dict[str, Any]:
+        """The HTTP client's settings, as ``OpenAITeacher`` takes them."""
+        return dict(concurrency=self.concurrency, rpm=self.rpm, tpm=self.tpm, timeout_s=self.timeout_s,
+                    max_retries=self.max_retries, backoff_base_s=self.backoff_base_s,
+                    backoff_max_s=self.backoff_max_s, extra_body=self.extra_body, defaults=self.defaults,
+                    http_client=self.http_client)
 
-def _describe(err: ValidationError) -> str:
-    parts = []
-    for e in err.errors(include_input=False, include_url=False):
-        loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    return "; ".join(parts)
+
+class OpenAIConfig(_HTTPTeacher):
+    """Any OpenAI-compatible API: OpenAI, a vLLM/SGLang/llama.cpp/Ollama server you run."""
+
+    backend: Literal["openai"] = Field("openai", description="openai: any OpenAI-compatible API.")
+    model_path: str | None = Field(
+        None, description="Where this model's weights are on this machine, if they are (an open model "
+        "behind an API): lets white-box distillation use them. Never sent anywhere.")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> "OpenAIConfig":
+        if not self.model:
+            raise ValueError("backend openai needs a model name")
+        return self
+
+    @property
+    def local_weights(self) -> Path | None:
+        return Path(self.model_path) if self.model_path else None
 
 
-def build_teacher(config: TeacherConfig, store: Any = None, run_id: str | None = None) -> Teacher:
-    """The teacher a config describes; wrapped in the request ledger when ``store`` is given."""
-    teacher: Teacher
-    common = dict(concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm, timeout_s=config.timeout_s,
-                  max_retries=config.max_retries, backoff_base_s=config.backoff_base_s,
-                  backoff_max_s=config.backoff_max_s, extra_body=config.extra_body, defaults=config.defaults,
-                  http_client=config.http_client)
-    if config.backend == "openai":
-        from generators.teachers.openai_backend import OpenAITeacher
+# Fields that only matter when distillery starts the vLLM server itself.
+_SERVER_FIELDS = ("python", "host", "port", "dtype", "kv_cache_gib", "extra_args", "startup_timeout_s", "log_file")
 
-        assert config.model is not None
-        teacher = OpenAITeacher(config.model, base_url=config.base_url, api_key=config.resolve_api_key(),
-                                **common)
-    elif config.backend == "vllm":
-        from generators.teachers.vllm_backend import VLLMTeacher
 
-        teacher = VLLMTeacher(model=config.model, base_url=config.base_url, options=config.vllm or VLLMOptions(),
-                              api_key=config.resolve_api_key(), **common)
-    elif config.backend == "transformers":
-        from generators.teachers.transformers_backend import TransformersTeacher
+class VLLMConfig(_HTTPTeacher):
+    """A local vLLM server that distillery starts (and stops), or one already running (``base_url``)."""
 
-        opts = config.transformers or TransformersOptions()
-        teacher = TransformersTeacher(model_path=opts.model_path, model=config.model, device=opts.device,
-                                      dtype=opts.dtype, batch_size=opts.batch_size, num_threads=opts.num_threads,
-                                      defaults=config.defaults)
-    else:
-        from generators.teachers.scripted import ScriptedTeacher
+    backend: Literal["vllm"] = Field("vllm", description="vllm: a local vLLM server.")
+    model_path: str | None = Field(
+        None, description="Model folder the server serves; default the embedded SmolLM2 teacher. With "
+        "base_url: the folder of the weights that server serves (for white-box distillation).")
+    python: str | None = Field(
+        None, description="Python interpreter of the vLLM virtual environment; default $DISTILL_VLLM_PYTHON.")
+    host: str = Field("127.0.0.1", description="Interface the started server listens on.")
+    port: int | None = Field(None, ge=1, le=65535, description="Port of the started server; default a free one.")
+    dtype: str = Field("bfloat16", description="--dtype passed to vLLM.")
+    kv_cache_gib: int = Field(2, ge=1, description="VLLM_CPU_KVCACHE_SPACE (GiB of KV cache on CPU).")
+    extra_args: list[str] = Field(default_factory=list, description="More api_server arguments, verbatim.")
+    startup_timeout_s: float = Field(300.0, gt=0, description="How long to wait for /health.")
+    log_file: str | None = Field(None, description="Server log; default a file in the cache folder.")
 
-        teacher = ScriptedTeacher(dict(config.script or {}), model=config.model or "scripted",
-                                  default=config.default_response, defaults=config.defaults)
-    if store is not None:
-        from generators.teachers.ledger import LedgeredTeacher
+    @model_validator(mode="after")
+    def _attach_or_start(self) -> "VLLMConfig":
+        server = sorted(set(_SERVER_FIELDS) & self.model_fields_set)
+        if self.base_url and server:
+            raise ValueError(f"backend vllm: give base_url (attach to a running server) or server options "
+                             f"({', '.join(server)}: start one), not both")
+        return self
 
-        teacher = LedgeredTeacher(teacher, store, run_id=run_id)
-    return teacher
+    @property
+    def local_weights(self) -> Path | None:
+        if self.model_path:
+            return Path(self.model_path)
+        if self.base_url:
+            return None  # a server we did not start: its weights are wherever it runs
+        from core.embedded import ensure_embedded_teacher
+
+        return ensure_embedded_teacher()
+
+
+class TransformersConfig(_Teacher):
+    """An in-process Hugging Face model (the default: the embedded SmolLM2-135M-Instruct)."""
+
+    backend: Literal["transformers"] = Field("transformers", description="transformers: an in-process model.")
+    model_path: str | None = Field(
+        None, description="Model folder; default the embedded SmolLM2-135M-Instruct (converted on demand).")
+    device: str = Field("auto", description="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; 'auto' = float32 on CPU, bfloat16 on CUDA.")
+    batch_size: int | None = Field(None, ge=1, description="Prompts per generate() call; default sized to memory.")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads; default the cores this process may use.")
+
+    @property
+    def local_weights(self) -> Path | None:
+        if self.model_path:
+            return Path(self.model_path)
+        from core.embedded import ensure_embedded_teacher
+
+        return ensure_embedded_teacher()
+
+
+class ScriptedConfig(_Teacher):
+    """Canned answers (tests, dry runs): a prompt -> answer table."""
+
+    backend: Literal["scripted"] = Field("scripted", description="scripted: canned answers.")
+    script: dict[str, str] = Field(default_factory=dict, description="Prompt (the last user message) -> answer.")
+    default_response: str | None = Field(None, description="Answer for prompts the script does not name.")
+
+
+def _backend_of(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("backend", "transformers")
+    return getattr(value, "backend", "transformers")
+
+
+TeacherConfig = Annotated[
+    Union[
+        Annotated[OpenAIConfig, Tag("openai")],
+        Annotated[VLLMConfig, Tag("vllm")],
+        Annotated[TransformersConfig, Tag("transformers")],
+        Annotated[ScriptedConfig, Tag("scripted")],
+    ],
+    Discriminator(_backend_of, custom_error_type="backend",
+                  custom_error_message="backend must be one of openai, vllm, transformers, scripted"),
+]
+"""A teacher's config: ``OpenAIConfig | VLLMConfig | TransformersConfig | ScriptedConfig`` by ``backend``."""
+
+TEACHER_CONFIGS: tuple[type[_Teacher], ...] = (OpenAIConfig, VLLMConfig, TransformersConfig, ScriptedConfig)
+HTTPTeacherConfig = _HTTPTeacher
+LOCAL_BACKENDS = ("transformers", "vllm")
+"""Backends whose weights run on this machine (white-box distillation can use them)."""
+
+
+def teacher_config(data: Any, *, source: str = "teacher config") -> TeacherConfig:
+    """``data`` (a mapping, optionally nested under ``teacher:``) as a teacher config;
+    InputError naming each bad field."""
+    if isinstance(data, dict) and set(data) == {"teacher"}:
+        data = data["teacher"]
+    return validate(TeacherConfig, data, source)
+
+
+def load_teacher_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TeacherConfig:
+    """A teacher config from YAML (a file of its own or with a top-level ``teacher:``)."""
+    return load_config_file(path, TeacherConfig, overrides=overrides, section="teacher")
+
+
+def teacher_label(config: TeacherConfig) -> str:
+    """A short name for messages: the model, else the embedded model's or the backend's name."""
+    if config.model:
+        return config.model
+    weights = getattr(config, "model_path", None)
+    if weights:
+        return Path(weights).name
+    return EMBEDDED_MODEL_NAME if config.backend in LOCAL_BACKENDS else config.backend

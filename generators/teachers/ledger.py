@@ -5,6 +5,7 @@ Wrap any teacher; every request is looked up by its key in the ``requests`` tabl
     teacher = LedgeredTeacher(OpenAITeacher(...), Store("distillery.duckdb"), run_id=run.id)
     done = await teacher.agenerate(requests)     # same contract as any Teacher
     teacher.last_stats                           # LedgerStats(requested=.., cached=.., sent=.., ok=.., failed=..)
+    teacher.sent, teacher.tokens, teacher.failures  # what really reached the teacher, over its lifetime
 
 - A key already ``ok`` is served from the ledger (``Completion.cached=True``) and never sent.
 - Requests with the same key in one batch are sent once; every position gets the answer.
@@ -28,6 +29,7 @@ import json
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -121,6 +123,12 @@ class LedgeredTeacher(Teacher):
         self.merge = merge
         self.flush_interval_s = flush_interval_s
         self.last_stats = LedgerStats()
+        # Over this object's lifetime, requests that really went to the teacher (not served
+        # from the ledger): how many, their tokens, and the failures by reason. A flow's
+        # budgets and its "the teacher is down" check read these.
+        self.sent = 0
+        self.tokens = 0
+        self.failures: Counter[str] = Counter()
         # prefetch: the keys of this model already ok (database + journal) are read once and
         # kept in memory, with every key this object records ok added as it arrives; a batch
         # with none of them skips the per-batch lookup (a database open). Re-read after
@@ -253,11 +261,15 @@ class LedgeredTeacher(Teacher):
         if not todo:
             return
         stats.sent = len(todo)
+        self.sent += len(todo)
         writer = _JournalWriter(self.store, self.flush_interval_s)
         try:
             async for j, done in self.inner.astream(todo):
                 record, done = self._record(todo[j], done)
                 writer.put(record)
+                self.tokens += (done.prompt_tokens or 0) + (done.completion_tokens or 0)
+                if not done.ok:
+                    self.failures[record.error] += 1
                 if done.ok and self._known is not None:
                     self._known.add(record.key)
                 stats.ok += done.ok

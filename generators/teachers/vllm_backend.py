@@ -5,10 +5,10 @@ vLLM pins its own torch and transformers, so it lives in a separate virtual envi
 (``make vllm-venv`` creates ``.venv-vllm``); name its interpreter in the config
 (``vllm.python``) or in ``DISTILL_VLLM_PYTHON``. The server starts on first use:
 
-    with VLLMTeacher(options=VLLMOptions(model_dir="/models/SmolLM2")) as teacher:
+    with VLLMTeacher(VLLMConfig(model_path="/models/SmolLM2")) as teacher:
         done = teacher.generate([ChatRequest.chat("Say hi", max_tokens=8, logprobs=3)])
 
-or attach to one that is already running: ``VLLMTeacher(base_url="http://host:8000/v1")``.
+or attach to one that is already running: ``VLLMTeacher(VLLMConfig(base_url="http://host:8000/v1"))``.
 
 The command is ``python -m vllm.entrypoints.openai.api_server --model DIR --dtype bfloat16
 --enforce-eager`` (the ``vllm`` console script looks up a distribution named ``vllm``
@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 
 from generators.teachers.base import ChatRequest, Completion
-from generators.teachers.config import VLLMOptions
-from core.embedded import cache_root, ensure_embedded_teacher
+from generators.teachers.config import VLLMConfig
+from core.embedded import EMBEDDED_MODEL_NAME, cache_root, ensure_embedded_teacher
 from generators.teachers.openai_backend import OpenAITeacher
 from core.errors import TeacherError
 
@@ -55,11 +55,11 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def vllm_python(options: VLLMOptions | None = None) -> str:
+def vllm_python(options: VLLMConfig | None = None) -> str:
     """The vLLM environment's interpreter, or a TeacherError saying how to get one."""
     python = (options.python if options else None) or os.environ.get(VLLM_PYTHON_ENV)
     if not python:
-        raise TeacherError(f"no vLLM interpreter: set vllm.python or {VLLM_PYTHON_ENV} "
+        raise TeacherError(f"no vLLM interpreter: set teacher.python or {VLLM_PYTHON_ENV} "
                            "(`make vllm-venv` creates .venv-vllm/bin/python)")
     if not (Path(python).is_file() and os.access(python, os.X_OK)):
         raise TeacherError(f"vLLM interpreter {python} does not exist or is not executable")
@@ -89,8 +89,8 @@ def _on_main_thread() -> bool:
 class VLLMServer:
     """One ``vllm.entrypoints.openai.api_server`` process group."""
 
-    def __init__(self, options: VLLMOptions | None = None, *, served_model_name: str | None = None) -> None:
-        self.options = options or VLLMOptions()
+    def __init__(self, options: VLLMConfig | None = None, *, served_model_name: str | None = None) -> None:
+        self.options = options or VLLMConfig()
         self.served_model_name = served_model_name
         self.proc: subprocess.Popen[bytes] | None = None
         self.port: int | None = None
@@ -114,7 +114,7 @@ class VLLMServer:
             if self.proc is not None and self.proc.poll() is None:
                 return self.base_url
             python = vllm_python(self.options)
-            model_dir = Path(self.options.model_dir) if self.options.model_dir else ensure_embedded_teacher()
+            model_dir = Path(self.options.model_path) if self.options.model_path else ensure_embedded_teacher()
             if not (model_dir / "config.json").exists():
                 raise TeacherError(f"{model_dir} is not a model folder (no config.json)")
             if self.served_model_name is None:
@@ -229,17 +229,18 @@ class VLLMTeacher(OpenAITeacher):
 
     backend = "vllm"
 
-    def __init__(self, *, model: str | None = None, base_url: str | None = None,
-                 options: VLLMOptions | None = None, api_key: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, config: VLLMConfig | None = None, *, api_key: str | None = None, **overrides: Any) -> None:
+        """``overrides``: client settings that replace the config's (tests: ``max_retries=0``)."""
+        config = config or VLLMConfig()
         self.server: VLLMServer | None = None
-        if base_url is None:
-            options = options or VLLMOptions()
+        model = config.model
+        if config.base_url is None:
             if model is None:
-                model = Path(options.model_dir).name if options.model_dir else "SmolLM2-135M-Instruct"
-            self.server = VLLMServer(options, served_model_name=model)
+                model = Path(config.model_path).name if config.model_path else EMBEDDED_MODEL_NAME
+            self.server = VLLMServer(config, served_model_name=model)
         elif model is None:
-            model = _first_model(base_url)
-        super().__init__(model, base_url=base_url, api_key=api_key, **kwargs)
+            model = _first_model(config.base_url)
+        super().__init__(model, base_url=config.base_url, api_key=api_key, **{**config.client_args(), **overrides})
 
     def start(self) -> str:
         """Start the server now (otherwise the first request does); its base URL."""

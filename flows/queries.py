@@ -1,0 +1,124 @@
+"""Every SQL statement the flows run, in one place, with bound parameters.
+
+Queries build on the views of storage/migrations (``sample_view``, ``kept_samples``,
+``run_drops``), so a predicate like "no filter dropped it" is written once, in SQL.
+Values (run ids, names, versions) are always bound (``?``), never formatted into the
+text; ``for_display`` renders a query with its values inlined, for the SQL a report
+shows next to a number so it can be pasted into ``distill sql``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# -- the work a generate run starts from ------------------------------------------------
+
+SEED_INSTRUCTIONS = "SELECT * FROM instructions WHERE method = 'seed' AND operator IS NULL ORDER BY id"
+INSTRUCTIONS_BY_ID = "SELECT * FROM instructions WHERE id IN (SELECT unnest(?::VARCHAR[])) ORDER BY id"
+# Instructions without a sample from this teacher made by another run (this run's own
+# samples are replayed through the ledger), and not dropped by any filter.
+UNANSWERED = """
+SELECT i.* FROM instructions i
+WHERE NOT EXISTS (
+    SELECT 1 FROM samples s
+    WHERE s.instruction_id = i.id AND s.teacher_model = ? AND coalesce(s.run_id, '') <> ?
+)
+AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = i.id AND NOT d.kept)
+ORDER BY i.id"""
+
+# -- generate ---------------------------------------------------------------------------
+
+# What a run already spent (requests it sent, tokens) before this session: resume keeps budgets.
+RUN_SPENT = """
+SELECT count(*) AS requests,
+       coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0) AS tokens
+FROM requests WHERE run_id = ?"""
+# Which of these samples another run stored already (they are that run's, not this one's).
+OTHER_RUNS_SAMPLES = """
+SELECT id FROM samples WHERE id IN (SELECT unnest(?::VARCHAR[])) AND coalesce(run_id, '') <> ?"""
+RUN_KEPT = "SELECT count(*) AS n FROM kept_samples WHERE run_id = ?"
+RUN_REQUESTS = "SELECT status, count(*) AS n FROM requests WHERE run_id = ? GROUP BY 1 ORDER BY 1"
+RUN_FAILURES = """
+SELECT error, count(*) AS n FROM requests WHERE run_id = ? AND status = 'failed' GROUP BY 1 ORDER BY n DESC"""
+RUN_DROPS = "SELECT filter, reason, n FROM run_drops WHERE run_id = ? ORDER BY n DESC, filter, reason"
+RUN_KEPT_LENGTHS = """
+SELECT len(string_split(trim(instruction), ' ')) AS instruction_words,
+       len(string_split(trim(response), ' ')) AS response_words
+FROM kept_samples WHERE run_id = ?"""
+
+# -- filters (flows/filtering.py) ------------------------------------------------------
+
+# Samples other runs kept that one of these filters judged: the filters' pools.
+KEPT_POOL = """
+SELECT sample_id, instruction_id, instruction FROM kept_samples k
+WHERE EXISTS (SELECT 1 FROM filter_decisions d
+              WHERE d.item_id = k.sample_id AND d.filter IN (SELECT unnest(?::VARCHAR[])))
+  AND coalesce(k.run_id, '') <> ?"""
+MINHASH_SIGNATURES = """
+SELECT m.item_id, m.config, m.signature FROM minhash_signatures m
+WHERE m.config = ?
+  AND NOT EXISTS (SELECT 1 FROM samples s WHERE s.id = m.item_id AND coalesce(s.run_id, '') = ?)"""
+
+# -- curate -----------------------------------------------------------------------------
+
+# Samples (all, or one generate run's) with the filters that already judged them.
+CURATE_CANDIDATES = """
+SELECT s.sample_id, s.instruction_id, s.instruction, s.input, s.response, s.run_id, s.created_at,
+       list(d.filter) FILTER (WHERE d.filter IS NOT NULL) AS judged,
+       coalesce(bool_or(NOT d.kept), false) AS dropped,
+       max(d.score) FILTER (WHERE d.filter = 'judge') AS judge_score
+FROM sample_view s LEFT JOIN filter_decisions d ON d.item_id = s.sample_id
+WHERE (? IS NULL OR s.run_id = ?)
+GROUP BY ALL
+ORDER BY s.created_at, s.sample_id"""
+# Kept samples the LLM judge has not scored yet, oldest first.
+JUDGE_CANDIDATES = """
+SELECT sample_id, instruction, input, response FROM kept_samples k
+WHERE (? IS NULL OR k.run_id = ?)
+  AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = k.sample_id AND d.filter = 'judge')
+ORDER BY created_at, sample_id"""
+RUN_REQUESTS_SENT = "SELECT count(*) AS n FROM requests WHERE run_id = ?"
+RUN_JUDGE_VERDICTS = """
+SELECT reason, kept, count(*) AS n, round(avg(score), 2) AS mean_score FROM filter_decisions
+WHERE run_id = ? AND filter = 'judge' GROUP BY ALL ORDER BY kept DESC, reason"""
+COUNT_ROWS = "SELECT count(*) AS n FROM ({sql})"  # {sql}: a dataset SELECT, validated as one SELECT
+NEW_DATASET_ROWS = """
+SELECT count(*) AS n FROM dataset_items a
+WHERE a.dataset_name = ? AND a.version = ?
+  AND NOT EXISTS (SELECT 1 FROM dataset_items b
+                  WHERE b.dataset_name = a.dataset_name AND b.version = ? AND b.row_key = a.row_key)"""
+DATASET_VERSION = "SELECT * FROM datasets WHERE name = ? AND version = ?"
+DATASET_LENGTHS = """
+SELECT len(string_split(trim(instruction), ' ')) AS instruction_words,
+       len(string_split(trim(response), ' ')) AS response_words
+FROM dataset_items WHERE dataset_name = ? AND version = ?"""
+
+# -- train ------------------------------------------------------------------------------
+
+RUN_EVALUATIONS = """
+SELECT model_label, metric, round(value, 4) AS value, n FROM evaluations WHERE run_id = ? ORDER BY id"""
+TRAINING_RUN = "SELECT id, method, final_loss, checkpoint_path, status FROM training_runs WHERE id = ?"
+
+
+def sql_literal(value: Any) -> str:
+    """``value`` as a SQL literal (strings quoted, quotes doubled)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def for_display(sql: str, params: Sequence[Any] = ()) -> str:
+    """The query with its ``?`` placeholders replaced by literals, for a human to paste
+    into ``distill sql`` (never executed by the flows: they bind)."""
+    parts = sql.strip().split("?")
+    if len(parts) - 1 != len(params):
+        raise ValueError(f"{len(parts) - 1} placeholders, {len(params)} values")
+    out = [parts[0]]
+    for value, part in zip(params, parts[1:]):
+        out += [sql_literal(value), part]
+    return "".join(out)
