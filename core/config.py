@@ -32,6 +32,15 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: invalid config: " + "; ".join(problems)
 
 
+def first_problem(err: ValidationError) -> str:
+    """The first problem of a validation error as ``field.path: message`` (for one line of a
+    file, where one problem is enough to find it)."""
+    e = err.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML file holding a mapping (an empty file is an empty mapping)."""
     path = Path(path)

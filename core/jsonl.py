@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from core.config import first_problem
 from core.errors import InputError, NotFoundError
 
 M = TypeVar("M", bound=BaseModel)
@@ -52,9 +53,7 @@ def read_jsonl_models(path: str | Path, model: type[M], *, what: str = "JSONL fi
         try:
             out.append(model.model_validate(row))
         except ValidationError as err:
-            first = err.errors(include_url=False)[0]
-            where = ".".join(map(str, first["loc"]))
-            raise line_error(path, line_no, f"{where + ': ' if where else ''}{first['msg']}") from None
+            raise line_error(path, line_no, first_problem(err)) from None
     if not out:
         raise InputError(f"{path}: no entries in the {what}")
     return out

@@ -14,8 +14,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from core.config import read_yaml
 from core.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,7 +25,7 @@ def read_prefect_yaml(path: str | Path = PREFECT_YAML) -> list[dict[str, Any]]:
     """The deployment sections of prefect.yaml, checked against Prefect's own model of it."""
     from prefect.cli.deploy._models import PrefectYamlModel
 
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_yaml(path)
     PrefectYamlModel.model_validate(data)  # what `prefect deploy` accepts
     return list(data.get("deployments") or [])
 

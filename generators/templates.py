@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from core.config import read_yaml
 from core.errors import InputError
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
@@ -56,8 +55,8 @@ def load_template(name: str, directory: str | None = None) -> Template:
     path = Path(directory or TEMPLATE_DIR) / f"{name}.yaml"
     if not path.is_file():
         raise InputError(f"no prompt template named {name!r} ({path})")
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict) or "version" not in data or "template" not in data:
+    data = read_yaml(path)
+    if "version" not in data or "template" not in data:
         raise InputError(f"template file {path} needs 'version' and 'template' keys")
     extra = {k: v for k, v in data.items() if k not in ("version", "template", "name")}
     return Template(name=name, version=str(data["version"]), text=str(data["template"]), extra=extra)

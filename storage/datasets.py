@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import InputError, NotFoundError
+from core.text import format_prompt
 from storage.records import canonical_json, content_key, normalize_text, utcnow
 from storage.store import Store, code_version, scalar
 
@@ -106,13 +107,6 @@ def parse_dataset_ref(ref: str) -> tuple[str, int | None]:
     if not version.isdigit() or int(version) < 1:
         raise InputError(f"bad dataset reference {ref!r}: expected NAME or NAME@VERSION (VERSION >= 1)")
     return name, int(version)
-
-
-def format_prompt(instruction: str, input: str | None = None) -> str:
-    """The user turn for an (instruction, input) pair: the instruction, then the input
-    after a blank line when there is one. Training and evaluation format prompts with
-    this too, so exported data and the student see the same text."""
-    return f"{instruction}\n\n{input}" if input else instruction
 
 
 def _split_of(seed: int, row_key: str, eval_fraction: float) -> str:

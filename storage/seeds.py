@@ -29,6 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.config import first_problem
 from core.errors import InputError
 from core.jsonl import line_error, read_jsonl
 from storage.records import Instruction, Record, Sample
@@ -118,8 +119,7 @@ def _task_records(task: Any, path: Path, line_no: int, run_id: str | None) -> li
                 )
             )
     except ValidationError as err:
-        first = err.errors()[0]
-        raise line_error(path, line_no, f"{'.'.join(map(str, first['loc'])) or 'record'}: {first['msg']}") from err
+        raise line_error(path, line_no, first_problem(err)) from None
     return records
 
 

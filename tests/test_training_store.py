@@ -8,6 +8,7 @@ import json
 import pytest
 from rich.console import Console
 
+from core.text import extract_answer
 from storage.datasets import create_dataset
 from storage.records import Instruction, Sample
 from storage.store import Store
@@ -18,7 +19,6 @@ from training.evaluate import (
     eval_items,
     evaluate_dataset,
     exact_match,
-    extract_answer,
     generate,
     mean_token_kl,
     results_from_store,
@@ -106,7 +106,7 @@ def test_metrics():
     # stemming: cats~cat, running~runs~run, so the LCS is "the cat run": P 3/4, R 3/3
     assert rouge_l("The cats are running", ["the cat runs"]) == pytest.approx(100 * 2 * 0.75 / 1.75)
     assert rouge_l("a b c", ["x y", "a b c"]) == pytest.approx(100.0)  # max over references
-    assert extract_answer("First 2, then 3. So the answer is 5.") == "5."
+    assert extract_answer("First 2, then 3. So the answer is 5.") == "5"
     assert exact_match("Adding gives it. So the answer is 5.", "5")
     assert exact_match("The answer: Paris", "the answer: paris")
     assert not exact_match("So the answer is 6", "5")

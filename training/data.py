@@ -14,14 +14,13 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from core.errors import InputError
+from core.text import format_prompt
 
 
 def user_text(row: dict[str, Any]) -> str:
-    """The user turn: the instruction, and its input (if any) after a blank line; the
-    same text ``storage.datasets`` exports, so exported data and the student agree."""
-    from storage.datasets import format_prompt
-
-    return format_prompt(row.get("instruction") or "", row.get("input") or None)
+    """The user turn (``core.text.format_prompt``): the text the teacher answered, which
+    ``storage.datasets`` exports too, so the teacher, exported data and the student agree."""
+    return format_prompt(row.get("instruction") or "", row.get("input"))
 
 
 def prompt_messages(row: dict[str, Any], prefix: str = "") -> list[dict[str, str]]:

@@ -12,9 +12,10 @@ Metrics (each lands in ``evaluations`` as one row, ``n`` = items it was computed
   for JSONL prompts.
 - ``rougeL_reference``: the same against gold references (JSONL ``response``), when present.
   Both take the max over references when an item has several.
-- ``exact_match``: x100, for labelled / rationale items: the answer after the last
-  "So the answer is" (or the whole output when there is none) equals the label, after
-  normalization.
+- ``exact_match``: x100, for labelled / rationale items: the final answer
+  (``core.text.extract_answer``: after "So the answer is", else the first line) equals the
+  label after ``core.text.normalize_answer``, the same rules the rationales method filtered
+  the teacher's answers by.
 - ``kl_teacher_student``: student-teacher agreement, mean per-token KL(teacher || student)
   in nats over the teacher's response tokens, teacher forced. Lower is better; needs a
   local teacher with the same tokenizer.
@@ -25,19 +26,16 @@ Metrics (each lands in ``evaluations`` as one row, ``n`` = items it was computed
 
 from __future__ import annotations
 
-import json
-import re
-import string
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from core.errors import InputError
+from core.jsonl import line_error, read_jsonl
+from core.text import extract_answer, normalize_answer
 from training.config import EvalConfig
 from training.data import as_rows, prompt_messages
-
-ANSWER_SEPARATOR = "So the answer is"
 
 METRIC_TITLES = {
     "rougeL_teacher": "ROUGE-L vs teacher",
@@ -81,19 +79,12 @@ def eval_items(rows: Any = None, *, jsonl: str | Path | None = None, max_prompts
 
 
 def read_prompts_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: prompts file not found")
+    """Held-out prompts from JSONL: ``{"instruction", "input"?, "response"? (reference or list of
+    them), "teacher_response"?, "label"?, "system_prompt"?}`` per line."""
     items = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}:{lineno}: not JSON: {exc.msg}") from exc
-        if not isinstance(obj, dict) or not (obj.get("instruction") or "").strip():
-            raise InputError(f'{path}:{lineno}: expected an object with a non-empty "instruction"')
+    for line_no, obj in read_jsonl(path, what="prompts file"):
+        if not isinstance(obj.get("instruction"), str) or not obj["instruction"].strip():
+            raise line_error(path, line_no, 'expected an object with a non-empty "instruction"')
         ref = obj.get("response")
         items.append({
             "instruction": obj["instruction"], "input": obj.get("input") or "",
@@ -120,20 +111,6 @@ def rouge_l(prediction: str, references: list[str]) -> float:
     if not refs:
         return 0.0
     return 100.0 * max(_scorer.score(ref, prediction)["rougeL"].fmeasure for ref in refs)
-
-
-def extract_answer(text: str) -> str:
-    """The final answer: what follows the last "So the answer is", else the whole text."""
-    idx = text.lower().rfind(ANSWER_SEPARATOR.lower())
-    answer = text[idx + len(ANSWER_SEPARATOR):] if idx >= 0 else text
-    return answer.strip().split("\n")[0].strip()
-
-
-def normalize_answer(text: str) -> str:
-    text = text.lower().strip()
-    text = text.strip(string.punctuation + " ")
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
 
 
 def exact_match(prediction: str, label: str) -> bool:
