@@ -7,7 +7,7 @@ import shutil
 import duckdb
 import pytest
 
-from storage import store as store_module
+from storage import schema
 from core.errors import DatabaseError
 from storage.records import (
     FilterDecision,
@@ -30,18 +30,18 @@ def _seed_records(n: int = 5) -> tuple[list[Instruction], list[Sample]]:
 def test_init_creates_every_table_and_records_version(store):
     assert store.schema_version() == latest_schema_version() >= 1
     assert set(store.table_counts()) == set(TABLES)
-    assert store.query("SELECT count(*) AS n FROM schema_version")[0]["n"] == len(store_module.migrations())
+    assert store.query("SELECT count(*) AS n FROM schema_version")[0]["n"] == len(schema.migrations())
     assert store.query("SELECT * FROM sample_view") == []
 
 
 def test_older_database_is_upgraded_on_open(tmp_path, monkeypatch):
     db = tmp_path / "old.duckdb"
-    Store(db).init()  # a database at version 1
+    Store(db).init()  # a database at the latest version
     # This "newer code" ships a second migration.
     migrations = tmp_path / "migrations"
-    shutil.copytree(store_module.MIGRATIONS_DIR, migrations)
+    shutil.copytree(schema.MIGRATIONS_DIR, migrations)
     (migrations / "999_extra.sql").write_text("CREATE TABLE extra (a INTEGER);")
-    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+    monkeypatch.setattr(schema, "MIGRATIONS_DIR", migrations)
 
     s = Store(db)
     s.ingest([Instruction(text="hello", method="seed")])  # first write upgrades
@@ -250,3 +250,4 @@ def test_query_arrow_and_params(store):
     store.ingest(ins)
     table = store.query_arrow("SELECT text FROM instructions WHERE text LIKE ? ORDER BY text", ["%1"])
     assert table.column("text").to_pylist() == ["Task number 1"]
+
