@@ -10,7 +10,8 @@ per batch, named ``<time_ns>-<pid>-<random>.arrow`` so that names sort oldest fi
 table's name is in the schema metadata (``storage.arrow.TABLE_META``). A segment is
 written as ``.tmp``, fsynced, and renamed, so it is either complete or absent. One that
 cannot be read is renamed ``.bad`` and left for a human. This module is the only code
-that reads or writes segments.
+that reads or writes segments; others ask the ``Store`` (``journal_rows``,
+``pending_ok_requests``, ...).
 
     journal = Journal(Path("distillery.duckdb.journal"))
     journal.append([arrow_table])                     # durable on return
@@ -25,7 +26,7 @@ import os
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -131,6 +132,23 @@ class Journal:
                     tmp.unlink()  # never acknowledged: its append() call did not return
             except FileNotFoundError:
                 pass
+
+    def tables(self, table: str, columns: Collection[str]) -> Iterator[pa.Table]:
+        """The rows of ``table`` still in the journal, one Arrow table per segment, oldest
+        first, for a reader that must see what is not merged yet (the ledger after a crash).
+
+        Only segments that have every one of ``columns`` are yielded. Read-only: a
+        segment that cannot be read now (a merge just deleted it, or it is damaged) is
+        skipped and left to the merge, which renames damaged ones.
+        """
+        for path in self.segments():
+            try:
+                with pa.memory_map(str(path)) as source:
+                    rows = pa.ipc.open_file(source).read_all()
+            except (OSError, pa.ArrowInvalid):
+                continue
+            if _table_name(rows) == table and set(columns) <= set(rows.column_names):
+                yield rows
 
 
 def _table_name(table: pa.Table) -> str:

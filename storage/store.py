@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -309,6 +309,34 @@ class Store:
         self._journal.delete(segments)
         if segments:
             log.info("merged %d journal rows from %d segments into %s", rows, len(segments), self.path)
+
+    # Ledger rows spooled but not merged yet (after a crash, or while another process
+    # holds the database) are paid for: a teacher must find them before sending again.
+    # ``query()`` sees the merged rows; these two see the rest, without opening the
+    # database (they work while it is locked, or before it exists).
+
+    def pending_ok_requests(self, keys: Collection[str]) -> dict[str, dict[str, Any]]:
+        """Journal rows of ``requests`` with status 'ok' for ``keys``, by key; each row a
+        dict of every column (JSON columns as text, as ``query()`` returns them). Where a
+        key has several, the newest wins."""
+        wanted = set(keys)
+        found: dict[str, dict[str, Any]] = {}
+        if not wanted:
+            return found
+        for rows in self._journal.tables("requests", ("key", "status")):
+            status = rows.column("status").to_pylist()
+            for i, key in enumerate(rows.column("key").to_pylist()):
+                if status[i] == "ok" and key in wanted:
+                    found[key] = rows.slice(i, 1).to_pylist()[0]
+        return found
+
+    def pending_ok_keys(self, model: str | None = None) -> set[str]:
+        """Keys of the journal's ``requests`` rows with status 'ok' (of ``model`` only, if given)."""
+        found: set[str] = set()
+        for rows in self._journal.tables("requests", ("key", "status", "model")):
+            columns = zip(*(rows.column(c).to_pylist() for c in ("key", "status", "model")))
+            found.update(k for k, st, m in columns if st == "ok" and (model is None or m == model))
+        return found
 
     # -- reading -----------------------------------------------------------------------
 

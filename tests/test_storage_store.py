@@ -251,3 +251,40 @@ def test_query_arrow_and_params(store):
     table = store.query_arrow("SELECT text FROM instructions WHERE text LIKE ? ORDER BY text", ["%1"])
     assert table.column("text").to_pylist() == ["Task number 1"]
 
+
+# --- the journal's pending ledger rows --------------------------------------------------
+
+
+def _request(key: str, status: str, model: str = "m", **kw) -> RequestRecord:
+    text = kw.pop("response_text", f"answer {key}" if status == "ok" else None)
+    return RequestRecord(key=key, model=model, backend="scripted", status=status, response_text=text, **kw)
+
+
+def test_pending_ok_requests_and_keys_read_the_unmerged_journal(tmp_path):
+    store = Store(tmp_path / "pending.duckdb")  # no database file yet: the journal alone answers
+    assert store.pending_ok_requests({"a"}) == {} and store.pending_ok_keys() == set()
+    store.spool([_request("a", "failed", error="timeout"), _request("b", "ok"), _request("c", "ok", model="other")])
+    store.spool([_request("a", "ok", response_text="A at last", attempts=2), Run(id="r", flow="x")])
+    store.spool([_request("b", "ok", response_text="B again")])  # newer segment: it wins
+
+    found = store.pending_ok_requests(["a", "b", "c", "missing"])
+    assert {k: (r["status"], r["response_text"], r["attempts"], r["model"]) for k, r in found.items()} == {
+        "a": ("ok", "A at last", 2, "m"), "b": ("ok", "B again", 1, "m"), "c": ("ok", "answer c", 1, "other")}
+    assert set(found["a"]) == set(RequestRecord.model_fields)  # every column, as query() gives them
+    assert found["a"]["params"] == "{}"  # JSON columns as text
+    assert store.pending_ok_requests(["c"]).keys() == {"c"}
+    assert store.pending_ok_requests([]) == {}
+    assert store.pending_ok_keys() == {"a", "b", "c"}
+    assert store.pending_ok_keys("m") == {"a", "b"} and store.pending_ok_keys("other") == {"c"}
+
+    # A damaged segment is skipped by these reads and left for the merge to set aside.
+    bad = store.journal_dir / "00000000000000000000-1-deadbeef.arrow"
+    bad.write_bytes(b"not arrow")
+    assert store.pending_ok_keys() == {"a", "b", "c"} and bad.exists()
+
+    assert store.merge_journal() == 6
+    assert store.pending_ok_requests(["a", "b", "c"]) == {} and store.pending_ok_keys() == set()
+    assert bad.with_suffix(".bad").exists()
+    assert store.query("SELECT key, status FROM requests ORDER BY key") == [
+        {"key": "a", "status": "ok"}, {"key": "b", "status": "ok"}, {"key": "c", "status": "ok"}]
+
