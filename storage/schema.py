@@ -6,6 +6,7 @@ transaction) and refuses one whose version is newer than this code knows. Adding
 schema means adding a file, never editing a shipped one:
 
     storage/migrations/001_init.sql      the tables of the data model
+    storage/migrations/002_views.sql     named views over them (kept_samples, run_drops, ...)
 
 (This module is ``schema``, not ``migrations``: that name is the folder of SQL files.)
 """

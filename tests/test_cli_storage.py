@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.cli import main
+from storage.store import latest_schema_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,7 +48,7 @@ def _assert_one_line_error(result, *fragments: str) -> None:
 
 def test_db_init_seeds_sql_and_stats(cli, tmp_path):
     code, out, _ = cli("db", "init")
-    assert code == 0 and "schema version 1" in out
+    assert code == 0 and f"ready (schema version {latest_schema_version()})" in out
     code, out, _ = cli("seeds", "ingest")
     assert code == 0 and "instructions:" in out and "new" in out
     code, out, _ = cli("sql", "SELECT method, count(*) AS n FROM instructions GROUP BY 1", "--format", "json")
@@ -61,7 +62,7 @@ def test_db_init_seeds_sql_and_stats(cli, tmp_path):
     code, out, _ = cli("db", "stats")
     assert code == 0 and "instructions" in out and "samples" in out
     code, out, _ = cli("db", "migrate")
-    assert code == 0 and "already at schema version 1" in out
+    assert code == 0 and f"already at schema version {latest_schema_version()}" in out
 
 
 def test_db_option_overrides_environment(cli, tmp_path):
