@@ -1,7 +1,7 @@
 """Every SQL statement the flows run, in one place, with bound parameters.
 
 Queries build on the views of storage/migrations (``sample_view``, ``kept_samples``,
-``run_drops``), so a predicate like "no filter dropped it" is written once, in SQL.
+``dropped_items``, ``run_drops``), so a predicate like "no filter dropped it" is written once, in SQL.
 Values (run ids, names, versions) are always bound (``?``), never formatted into the
 text; ``for_display`` renders a query with its values inlined, for the SQL a report
 shows next to a number so it can be pasted into ``distill sql``.
@@ -19,12 +19,11 @@ INSTRUCTIONS_BY_ID = "SELECT * FROM instructions WHERE id IN (SELECT unnest(?::V
 # Instructions without a sample from this teacher made by another run (this run's own
 # samples are replayed through the ledger), and not dropped by any filter.
 UNANSWERED = """
-SELECT i.* FROM instructions i
+SELECT i.* FROM instructions i ANTI JOIN dropped_items d ON d.item_id = i.id
 WHERE NOT EXISTS (
     SELECT 1 FROM samples s
     WHERE s.instruction_id = i.id AND s.teacher_model = ? AND coalesce(s.run_id, '') <> ?
 )
-AND NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = i.id AND NOT d.kept)
 ORDER BY i.id"""
 
 # -- generate ---------------------------------------------------------------------------

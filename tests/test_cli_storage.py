@@ -48,7 +48,7 @@ def _assert_one_line_error(result, *fragments: str) -> None:
 
 def test_db_init_seeds_sql_and_stats(cli, tmp_path):
     code, out, _ = cli("db", "init")
-    assert code == 0 and f"schema version {latest_schema_version()}" in out
+    assert code == 0 and f"ready (schema version {latest_schema_version()})" in out
     code, out, _ = cli("seeds", "ingest")
     assert code == 0 and "instructions:" in out and "new" in out
     code, out, _ = cli("sql", "SELECT method, count(*) AS n FROM instructions GROUP BY 1", "--format", "json")

@@ -194,12 +194,12 @@ def test_kept_open_file_is_reused_and_let_go_when_another_process_waits(tmp_path
     store.ingest(_batch("kept", 5))
     assert _is_open_here(store.path)  # kept open after the commit
     # Later commits reuse the open file: the same kept handle, no new database instance.
-    from storage import store as store_module
+    from storage import locking
 
-    handle = store_module._keeper._held[store.path][0]
+    handle = locking.keeper._held[store.path][0]
     for i in range(3):
         store.ingest(_batch(f"more {i}", 5))
-    assert store_module._keeper._held[store.path][0] is handle
+    assert locking.keeper._held[store.path][0] is handle
     assert store.query("SELECT count(*) AS n FROM instructions") == [{"n": 20}]
 
     # A reader in another process leaves a marker; the file is let go for it at once,

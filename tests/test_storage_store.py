@@ -7,7 +7,7 @@ import shutil
 import duckdb
 import pytest
 
-from storage import store as store_module
+from storage import schema
 from core.errors import DatabaseError
 from storage.records import (
     FilterDecision,
@@ -30,18 +30,18 @@ def _seed_records(n: int = 5) -> tuple[list[Instruction], list[Sample]]:
 def test_init_creates_every_table_and_records_version(store):
     assert store.schema_version() == latest_schema_version() >= 1
     assert set(store.table_counts()) == set(TABLES)
-    assert store.query("SELECT count(*) AS n FROM schema_version")[0]["n"] == len(store_module.migrations())
+    assert store.query("SELECT count(*) AS n FROM schema_version")[0]["n"] == len(schema.migrations())
     assert store.query("SELECT * FROM sample_view") == []
 
 
 def test_older_database_is_upgraded_on_open(tmp_path, monkeypatch):
     db = tmp_path / "old.duckdb"
-    Store(db).init()  # a database at version 1
+    Store(db).init()  # a database at the latest version
     # This "newer code" ships a second migration.
     migrations = tmp_path / "migrations"
-    shutil.copytree(store_module.MIGRATIONS_DIR, migrations)
+    shutil.copytree(schema.MIGRATIONS_DIR, migrations)
     (migrations / "999_extra.sql").write_text("CREATE TABLE extra (a INTEGER);")
-    monkeypatch.setattr(store_module, "MIGRATIONS_DIR", migrations)
+    monkeypatch.setattr(schema, "MIGRATIONS_DIR", migrations)
 
     s = Store(db)
     s.ingest([Instruction(text="hello", method="seed")])  # first write upgrades
@@ -250,3 +250,116 @@ def test_query_arrow_and_params(store):
     store.ingest(ins)
     table = store.query_arrow("SELECT text FROM instructions WHERE text LIKE ? ORDER BY text", ["%1"])
     assert table.column("text").to_pylist() == ["Task number 1"]
+
+
+# --- the journal's pending ledger rows --------------------------------------------------
+
+
+def _request(key: str, status: str, model: str = "m", **kw) -> RequestRecord:
+    text = kw.pop("response_text", f"answer {key}" if status == "ok" else None)
+    return RequestRecord(key=key, model=model, backend="scripted", status=status, response_text=text, **kw)
+
+
+def test_pending_ok_requests_and_keys_read_the_unmerged_journal(tmp_path):
+    store = Store(tmp_path / "pending.duckdb")  # no database file yet: the journal alone answers
+    assert store.pending_ok_requests({"a"}) == {} and store.pending_ok_keys() == set()
+    store.spool([_request("a", "failed", error="timeout"), _request("b", "ok"), _request("c", "ok", model="other")])
+    store.spool([_request("a", "ok", response_text="A at last", attempts=2), Run(id="r", flow="x")])
+    store.spool([_request("b", "ok", response_text="B again")])  # newer segment: it wins
+
+    found = store.pending_ok_requests(["a", "b", "c", "missing"])
+    assert {k: (r["status"], r["response_text"], r["attempts"], r["model"]) for k, r in found.items()} == {
+        "a": ("ok", "A at last", 2, "m"), "b": ("ok", "B again", 1, "m"), "c": ("ok", "answer c", 1, "other")}
+    assert set(found["a"]) == set(RequestRecord.model_fields)  # every column, as query() gives them
+    assert found["a"]["params"] == "{}"  # JSON columns as text
+    assert store.pending_ok_requests(["c"]).keys() == {"c"}
+    assert store.pending_ok_requests([]) == {}
+    assert store.pending_ok_keys() == {"a", "b", "c"}
+    assert store.pending_ok_keys("m") == {"a", "b"} and store.pending_ok_keys("other") == {"c"}
+
+    # A damaged segment is skipped by these reads and left for the merge to set aside.
+    bad = store.journal_dir / "00000000000000000000-1-deadbeef.arrow"
+    bad.write_bytes(b"not arrow")
+    assert store.pending_ok_keys() == {"a", "b", "c"} and bad.exists()
+
+    assert store.merge_journal() == 6
+    assert store.pending_ok_requests(["a", "b", "c"]) == {} and store.pending_ok_keys() == set()
+    assert bad.with_suffix(".bad").exists()
+    assert store.query("SELECT key, status FROM requests ORDER BY key") == [
+        {"key": "a", "status": "ok"}, {"key": "b", "status": "ok"}, {"key": "c", "status": "ok"}]
+
+
+# --- 002_views: the named views ---------------------------------------------------------
+
+KEPT_PREDICATE_SQL = """
+SELECT s.* FROM sample_view s
+WHERE NOT EXISTS (SELECT 1 FROM filter_decisions d WHERE d.item_id = s.sample_id AND NOT d.kept)
+ORDER BY s.sample_id"""
+
+
+def _filtered_store(store: Store) -> dict[str, str]:
+    """Five samples with every kind of filter history; their ids by name."""
+    ins, samples = _seed_records(5)
+    ids = dict(zip(["unjudged", "kept", "dropped", "dropped twice", "instruction dropped"], [s.id for s in samples]))
+
+    def decide(item_id, filter_, kept, reason="", run_id="r1", kind="sample"):
+        return FilterDecision(item_id=item_id, item_kind=kind, filter=filter_, kept=kept, reason=reason, run_id=run_id)
+
+    store.ingest([*ins, *samples,
+                  decide(ids["kept"], "quality", True), decide(ids["kept"], "minhash", True),
+                  decide(ids["dropped"], "quality", True), decide(ids["dropped"], "minhash", False, "near_duplicate"),
+                  decide(ids["dropped twice"], "quality", False, "refusal", run_id="r2"),
+                  decide(ids["dropped twice"], "judge", False, "low_score", run_id="r2"),
+                  decide(ins[4].id, "rouge_novelty", False, "too_similar", kind="instruction"),
+                  decide(ins[3].id, "rouge_novelty", False, "too_similar", run_id=None, kind="instruction")])
+    ids["instruction 3"], ids["instruction 4"] = ins[3].id, ins[4].id
+    return ids
+
+
+def test_kept_samples_is_the_kept_predicate(store):
+    ids = _filtered_store(store)
+    kept = store.query("SELECT * FROM kept_samples ORDER BY sample_id")
+    assert kept == store.query(KEPT_PREDICATE_SQL)
+    # Decisions about an instruction do not drop its samples (they carry the instruction's id).
+    assert {r["sample_id"] for r in kept} == {ids["unjudged"], ids["kept"], ids["instruction dropped"]}
+    columns = "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? ORDER BY ordinal_position"
+    assert store.query(columns, ["kept_samples"]) == store.query(columns, ["sample_view"])
+
+
+def test_dropped_items_and_run_drops(store):
+    ids = _filtered_store(store)
+    assert store.query("SELECT item_id FROM dropped_items ORDER BY item_id") == [
+        {"item_id": i} for i in sorted([ids["dropped"], ids["dropped twice"], ids["instruction 3"], ids["instruction 4"]])]
+    drops = store.query("SELECT run_id, filter, reason, n FROM run_drops ORDER BY ALL")
+    assert drops == store.query("SELECT run_id, filter, reason, count(*) AS n FROM filter_decisions "
+                                "WHERE NOT kept GROUP BY ALL ORDER BY ALL")
+    assert drops == [
+        {"run_id": "r1", "filter": "minhash", "reason": "near_duplicate", "n": 1},
+        {"run_id": "r1", "filter": "rouge_novelty", "reason": "too_similar", "n": 1},
+        {"run_id": "r2", "filter": "judge", "reason": "low_score", "n": 1},
+        {"run_id": "r2", "filter": "quality", "reason": "refusal", "n": 1},
+        {"run_id": None, "filter": "rouge_novelty", "reason": "too_similar", "n": 1},
+    ]
+    # The kept samples are exactly those not among the dropped items.
+    assert store.query("SELECT sample_id FROM kept_samples ORDER BY 1") == store.query(
+        "SELECT sample_id FROM sample_view ANTI JOIN dropped_items ON item_id = sample_id ORDER BY 1")
+
+
+def test_schema_1_database_gets_the_views_at_its_first_write(tmp_path, monkeypatch):
+    db = tmp_path / "v1.duckdb"
+    only_001 = tmp_path / "migrations_v1"
+    only_001.mkdir()
+    shutil.copy(schema.MIGRATIONS_DIR / "001_init.sql", only_001)
+    ins, samples = _seed_records(2)
+    with monkeypatch.context() as m:  # the code of schema version 1, and its data
+        m.setattr(schema, "MIGRATIONS_DIR", only_001)
+        assert Store(db).init() == 1
+        Store(db).ingest(ins + samples)
+    old = Store(db)
+    assert old.schema_version() == 1  # reading does not migrate (it opens the file read-only)
+    old.ingest([FilterDecision(item_id=samples[0].id, filter="quality", kept=False, reason="refusal")])
+    assert old.schema_version() == latest_schema_version() >= 2
+    assert [(r["version"], r["name"]) for r in old.query("SELECT version, name FROM schema_version ORDER BY 1")][:2] == [
+        (1, "init"), (2, "views")]
+    assert old.query("SELECT sample_id FROM kept_samples") == [{"sample_id": samples[1].id}]
+    assert old.query("SELECT filter, reason, n FROM run_drops") == [{"filter": "quality", "reason": "refusal", "n": 1}]

@@ -189,6 +189,32 @@ def test_scripted_teacher_goes_through_the_ledger(store):
     assert {r["status"] for r in store.query("SELECT status FROM requests")} == {"ok", "failed"}
 
 
+@pytest.mark.parametrize("prefetch", [False, True])
+@pytest.mark.parametrize("database", ["exists", "not yet"])
+def test_ledger_finds_ok_answers_only_in_the_journal(tmp_path, store, prefetch, database):
+    """Answers spooled but never merged (a crash, or merge=False as the generate flow runs)
+    are paid for: both the per-batch lookup and the prefetched keys find them."""
+    from storage.store import Store
+
+    if database == "not yet":
+        store = Store(tmp_path / "later.duckdb")
+    first = ScriptedTeacher({"hi": "hello", "bye": "later"})
+    done = LedgeredTeacher(first, store, merge=False).generate([ChatRequest.chat("hi"), ChatRequest.chat("bye")])
+    assert [d.ok for d in done] == [True, True] and len(store.journal_segments()) >= 1
+    if database == "exists":
+        assert store.query("SELECT count(*) AS n FROM requests") == [{"n": 0}]  # journal only
+
+    again = ScriptedTeacher({"hi": "not paid again", "new": "fresh"})
+    teacher = LedgeredTeacher(again, store, merge=False, prefetch=prefetch)
+    second = teacher.generate([ChatRequest.chat("hi"), ChatRequest.chat("new")])
+    assert [(d.text, d.cached) for d in second] == [("hello", True), ("fresh", False)]
+    assert [r.messages[-1]["content"] for r in again.calls] == ["new"]
+    assert (teacher.last_stats.cached, teacher.last_stats.sent) == (1, 1)
+    # Another model's answers in the journal are not this teacher's.
+    other = ScriptedTeacher({"hi": "other model"}, model="other")
+    assert LedgeredTeacher(other, store, merge=False, prefetch=prefetch).generate([ChatRequest.chat("hi")])[0].cached is False
+
+
 def test_stream_yields_results_as_they_arrive(fake_openai):
     fake_openai.set_faults("slow", ["slow:0.5"])
     teacher = make_teacher(fake_openai)

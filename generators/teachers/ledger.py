@@ -30,17 +30,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.ipc
-
 from generators.teachers.base import ChatRequest, Completion, Teacher, TokenLogprob
 from core.errors import DatabaseError
+from storage.arrow import records_to_arrow
 from storage.records import RequestRecord, utcnow
-from storage.store import records_to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +154,8 @@ class LedgeredTeacher(Teacher):
             except DatabaseError as err:  # locked too long: fall back to the journal alone
                 log.warning("ledger lookup in %s failed (%s); using the journal only", self.store.path, err)
         found = {row["key"]: row for row in rows}
-        found.update(self._journal_ok(set(keys) - set(found)))
+        # Rows spooled but not merged yet (a crash, a busy database) are paid for too.
+        found.update(self.store.pending_ok_requests(set(keys) - set(found)))
         return {key: _cached_completion(key, row) for key, row in found.items()}
 
     def prefetch_keys(self) -> None:
@@ -194,32 +192,8 @@ class LedgeredTeacher(Teacher):
             except DatabaseError as err:  # locked too long: look every batch up instead
                 log.warning("ledger prefetch from %s failed (%s); looking keys up per batch", self.store.path, err)
                 return _ALL
-        for table in self._journal_tables({"key", "status"}):
-            keys.update(k for k, st in zip(table.column("key").to_pylist(), table.column("status").to_pylist())
-                        if st == "ok")
+        keys.update(self.store.pending_ok_keys(self.inner.model))  # spooled, not merged yet
         return keys
-
-    def _journal_tables(self, columns: set[str]) -> Iterator[pa.Table]:
-        """Readable journal segments (not merged yet) that have ``columns``; others are skipped."""
-        for path in self.store.journal_segments():
-            try:
-                with pa.memory_map(str(path)) as source:
-                    table = pa.ipc.open_file(source).read_all()
-            except (OSError, pa.ArrowInvalid):
-                continue  # being written or from another table: the merge handles it
-            if columns <= set(table.column_names):
-                yield table
-
-    def _journal_ok(self, keys: set[str]) -> dict[str, dict[str, Any]]:
-        """Ok rows for ``keys`` in journal segments not merged yet (e.g. after a crash)."""
-        found: dict[str, dict[str, Any]] = {}
-        if not keys:
-            return found
-        for table in self._journal_tables({"key", "status", "response_text"}):
-            for row in table.to_pylist():
-                if row["status"] == "ok" and row["key"] in keys:
-                    found[row["key"]] = row
-        return found
 
     # -- generating ------------------------------------------------------------------------
     def _record(self, request: ChatRequest, done: Completion) -> tuple[RequestRecord, Completion]:
