@@ -35,6 +35,30 @@ def cache_root() -> Path:
     return Path(os.environ.get("DISTILL_CACHE") or Path.home() / ".cache" / "distillery")
 
 
+EMBEDDED = "embedded"
+"""How configs name the embedded model's weights (a teacher's, or the one a student is pruned from)."""
+
+
+def embedded_model_dir(cache_dir: str | Path | None = None) -> Path:
+    """Where the converted embedded model lives (whether or not it is converted yet)."""
+    return (Path(cache_dir) if cache_dir else cache_root()) / "models" / EMBEDDED_MODEL_NAME
+
+
+def model_folder(ref: str | Path) -> Path:
+    """A model's local folder from how a config names it: 'embedded' (converted on first
+    use) or a path."""
+    return ensure_embedded_teacher() if str(ref) == EMBEDDED else Path(ref).expanduser()
+
+
+def same_weights(a: str | Path | None, b: str | Path | None) -> bool:
+    """Whether two configs name the same local weights ('embedded' or folders), without
+    converting anything. None (no local weights known) is never the same as anything."""
+    if a is None or b is None:
+        return False
+    a, b = (embedded_model_dir() if str(x) == EMBEDDED else Path(x).expanduser() for x in (a, b))
+    return a.resolve() == b.resolve()
+
+
 def gguf_path() -> Path:
     """The GGUF file inside the installed wheel (found without importing the package,
     whose __init__ needs the `llm` CLI we do not install)."""
@@ -57,7 +81,7 @@ def ensure_embedded_teacher(cache_dir: str | Path | None = None) -> Path:
     process killed mid-conversion leaves no half-written model behind.
     """
     root = Path(cache_dir) if cache_dir else cache_root()
-    target = root / "models" / EMBEDDED_MODEL_NAME
+    target = embedded_model_dir(root)
     if (target / _MARKER).exists():
         return target
     root.mkdir(parents=True, exist_ok=True)

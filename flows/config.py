@@ -26,8 +26,10 @@ from filters.config import FilterConfig as FiltersConfig
 from generators.judge import JudgeConfig
 from generators.registry import METHODS, Method, MethodName, MethodParams
 from generators.responses import ResponsesConfig
-from generators.teachers.config import LOCAL_BACKENDS, TeacherConfig, TransformersConfig
-from training.config import WHITE_BOX_METHODS, TrainConfig
+from core.embedded import same_weights
+from generators.teachers.config import TeacherConfig, TransformersConfig, teacher_label
+from training.config import TrainConfig
+from training.student import tokenizers_differ
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -273,14 +275,10 @@ class PipelineConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "PipelineConfig":
-        train_method = self.train.method
-        backend = self.teacher.backend
-        if not self.skip.train and train_method in WHITE_BOX_METHODS and backend not in LOCAL_BACKENDS:
-            raise ValueError(
-                f"train.method {train_method!r} is white-box distillation and needs the teacher's "
-                f"logits: use a local teacher (backend transformers or vllm), not {backend!r}, "
-                "or train.method 'sft'"
-            )
+        if not self.skip.train and not self.skip.generate:
+            problem = logit_teacher_problem(self.teacher, self.train)
+            if problem:
+                raise ValueError(problem)
         if not self.skip.evaluate and not self.train.eval.enabled:
             raise ValueError(
                 "train.eval.enabled is false but skip.evaluate is not set: say one thing "
@@ -291,7 +289,7 @@ class PipelineConfig(_Section):
                 "skip.train is set but evaluate is not skipped and evaluate.model_path is empty: "
                 "there is no model to evaluate"
             )
-        if (not self.skip.train and train_method == "distill" and not self.skip.generate
+        if (not self.skip.train and self.train.method == "distill" and not self.skip.generate
                 and self.generate.method != "rationales"):
             raise ValueError(
                 "train.method 'distill' trains on rationales: set generate.method to 'rationales' "
@@ -302,6 +300,39 @@ class PipelineConfig(_Section):
     def safe_dump(self) -> dict[str, Any]:
         """The config as JSON-able data with secrets left out (what `runs.config` stores)."""
         return _without_secrets(self.model_dump(mode="json"))
+
+
+def logit_teacher_problem(teacher: TeacherConfig, train: TrainConfig) -> str | None:
+    """Why ``train`` cannot take the logits (or prune the student) of the model ``teacher``
+    generates the data with, or None. The same rule training applies to a dataset's lineage
+    (training/train.py ``logit_teacher``), checked here at load time, before any work."""
+    needs_weights = train.white_box or train.student == "prune"
+    if not needs_weights:
+        return None
+    data_weights = teacher.weights
+    label = f"{teacher.backend} {teacher_label(teacher)}"
+    if train.teacher is None:
+        if data_weights is None and train.white_box:
+            return (f"train.method {train.method!r} needs the teacher's logits, but the data's teacher ({label}) "
+                    "has no local weights here: set teacher.model_path to where its weights are, or "
+                    "train.teacher (with train.allow_other_teacher: true), or train.method 'sft'")
+        if data_weights is None:
+            return (f"train.student 'prune' cuts the student from the teacher's weights, but the data's teacher "
+                    f"({label}) has none here: set train.teacher (e.g. 'embedded') or train.student to a folder")
+        logit_weights = data_weights
+    elif train.white_box and not train.allow_other_teacher and not same_weights(train.teacher, data_weights):
+        return (f"train.teacher {train.teacher!r} is not the data's teacher ({label}, weights "
+                f"{data_weights or 'not on this machine'}): white-box distillation would distil another model's "
+                "logits; set train.teacher to the data's weights (or leave it unset), or say it is wanted with "
+                "train.allow_other_teacher: true")
+    else:
+        logit_weights = train.teacher
+    if train.white_box and train.student not in ("prune",) and not train.student.startswith("prune:"):
+        different = tokenizers_differ(train.student, logit_weights)
+        if different:
+            return (f"train.student {train.student!r} and the logit teacher {logit_weights!r} have different "
+                    f"tokenizers ({different}): white-box distillation needs a shared tokenizer")
+    return None
 
 
 _SECRET_KEYS = re.compile(r"(api_?key|token|secret|password)$", re.I)

@@ -29,6 +29,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from core.embedded import model_folder
 from core.errors import InputError
 from flows import queries, reports
 from flows.artifacts import Progress, artifact_key
@@ -162,7 +163,10 @@ async def generate_flow(
     logger = get_run_logger()
     freeze_startup_heap()
     store = Store(db, keep_open_s=KEEP_DB_OPEN_S)
+    # teacher_weights: the lineage a white-box training run reads to distil this teacher's
+    # logits (training/train.py logit_teacher), resolved to a folder ('embedded' converted).
     config = {"run_name": run_name, "teacher": teacher.model_dump(mode="json"),
+              "teacher_weights": str(model_folder(teacher.weights)) if teacher.weights else None,
               "generate": generate.model_dump(mode="json"), "seeds": seeds}
     progress = Progress(artifact_key("generate", run_name, "progress"),
                         f"Kept samples toward the target of {generate.target}", stage="generate", publish=False)

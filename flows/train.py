@@ -116,7 +116,7 @@ def _evaluate(store, dataset: str, version: int, train: TrainConfig, evaluate: E
               result: dict[str, Any], run_id: str) -> list[dict]:
     from training.train import resolve_teacher
 
-    teacher = resolve_teacher(train.teacher)
+    teacher = resolve_teacher(result["teacher"])  # the one the run used (train.teacher, else the data's)
     models: dict[str, str] = {}
     if evaluate.teacher and teacher is not None:
         models["teacher"] = str(teacher)

@@ -46,6 +46,10 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("generate: {method: magic}", "generate.method"),
         ("teacher: {backend: openai, model: m, api_key_env: K}\ntrain: {method: kd}",
          "needs the teacher's logits"),
+        ("teacher: {backend: vllm, model_path: /m/llama-8b}\ntrain: {method: kd, teacher: embedded}",
+         "train.teacher 'embedded' is not the data's teacher (vllm llama-8b, weights /m/llama-8b)"),
+        ("teacher: {backend: vllm, base_url: 'http://gpu:8000/v1', model: m}\ntrain: {method: jsd}",
+         "the data's teacher (vllm m) has no local weights here"),
         ("skip: {train: true}", "there is no model to evaluate"),
         ("train: {method: distill}\ngenerate: {method: responses}", "trains on rationales"),
         ("train: {eval: {enabled: false}}", "train.eval.enabled is false"),
@@ -59,6 +63,18 @@ def test_contradictions_are_rejected_with_the_field_named(tmp_path, text, messag
         load_config(_write(tmp_path, text))
     assert message in str(err.value)
     assert "sk-123" not in str(err.value)
+
+
+def test_the_logit_teacher_defaults_to_the_datas_teacher(tmp_path):
+    """White-box KD reads train.teacher; unset, it is the generation teacher's local weights."""
+    # API generation of an open model whose weights are here: the valid case the old check refused.
+    config = load_config(_write(tmp_path, "teacher: {backend: openai, model: llama, model_path: /m/llama}\n"
+                                          "train: {method: kd}"))
+    assert config.train.teacher is None and config.teacher.weights == "/m/llama"
+    config = load_config(_write(tmp_path, "teacher: {backend: vllm, model_path: /m/llama}\n"
+                                          "train: {method: kd, teacher: /m/other, allow_other_teacher: true}"))
+    assert config.train.teacher == "/m/other"  # explicitly wanted
+    load_config(_write(tmp_path, "teacher: {backend: openai, model: m}\ntrain: {method: sft, student: /s}"))
 
 
 def test_bad_files(tmp_path):

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from core.text import extract_answer
 from storage.datasets import create_dataset
-from storage.records import Instruction, Sample
+from storage.records import Instruction, Run, Sample
 from storage.store import Store
 from training.config import EvalConfig, TrainConfig
 from training.evaluate import (
@@ -32,12 +32,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()
-def store(tmp_path):
+def store(tmp_path, tiny_models):
+    """Dataset 'toy': samples of the tiny teacher, whose generate run recorded its weights."""
+    _, teacher = tiny_models
     store = Store(tmp_path / "t.duckdb")
-    records = []
+    run = Run(flow="generate", name="toy", status="completed", config={"teacher_weights": str(teacher)})
+    records = [run]
     for row in toy_rows(12):
         ins = Instruction(text=row["instruction"], input=row["input"], method="seed")
-        records += [ins, Sample(instruction_id=ins.id, response=row["response"], teacher_model="tiny")]
+        records += [ins, Sample(instruction_id=ins.id, response=row["response"], teacher_model="tiny", run_id=run.id)]
     store.ingest(records)
     create_dataset(store, "toy", "SELECT sample_id, instruction, input, response FROM sample_view",
                    eval_fraction=0.3, seed=1)
@@ -45,8 +48,9 @@ def store(tmp_path):
 
 
 def test_run_and_evaluations_are_recorded(tiny_models, store, tmp_path):
+    """KD with no train.teacher distils the model that generated the data (its lineage)."""
     student, teacher = tiny_models
-    config = TrainConfig(method="kd", student=str(student), teacher=str(teacher), max_steps=2, batch_size=4,
+    config = TrainConfig(method="kd", student=str(student), max_steps=2, batch_size=4,
                          max_length=64, learning_rate=1e-2, output_dir=str(tmp_path / "ckpt"))
     result = train(config, store=store, dataset="toy", show_progress=False)
 
@@ -84,6 +88,20 @@ def test_run_and_evaluations_are_recorded(tiny_models, store, tmp_path):
     text = _render(comparison_table(results))
     assert "student (before)" in text and "ROUGE-L vs teacher" in text and "KL(teacher‖student)" in text
     assert comparison_markdown(results).count("\n") == 3
+
+
+def test_a_logit_teacher_other_than_the_datas_is_refused_unless_wanted(tiny_models, store, tmp_path):
+    from core.errors import TeacherError
+
+    student, _ = tiny_models
+    config = TrainConfig(method="kd", student=str(student), teacher=str(student), max_steps=1, batch_size=4,
+                         max_length=64, output_dir=str(tmp_path / "o"))
+    with pytest.raises(TeacherError, match=r"is not the model that generated the data \(tiny \(.*teacher\)\)"):
+        train(config, store=store, dataset="toy", show_progress=False)
+    assert store.query("SELECT count(*) AS n FROM training_runs")[0]["n"] == 0  # refused before anything ran
+    wanted = config.model_copy(update={"allow_other_teacher": True})
+    result = train(wanted, store=store, dataset="toy", show_progress=False)
+    assert result.teacher == str(student)
 
 
 def test_failed_run_is_recorded(tiny_models, store, tmp_path):

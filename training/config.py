@@ -91,9 +91,16 @@ class TrainConfig(BaseModel):
         "spaced, first and last kept), a fraction in (0, 1), or 'every_other'.",
     )
     teacher: str | None = Field(
-        "embedded",
-        description="Teacher: 'embedded' (SmolLM2-135M-Instruct), a local HF folder (white-box KD "
-        "possible), an API id like 'openai:gpt-4o-mini' (SFT/distill only), or None.",
+        None,
+        description="The logit teacher of the white-box methods and the model 'prune' cuts the student from: "
+        "None = the local weights of the model that generated the dataset version (from its lineage); "
+        "'embedded' (SmolLM2-135M-Instruct); a local HF folder; or an API id like 'openai:gpt-4o-mini' "
+        "(recorded only: sft/distill).",
+    )
+    allow_other_teacher: bool = Field(
+        False,
+        description="White-box methods: distil the logits of train.teacher even though it is not the model "
+        "that generated the data (refused otherwise, so a default never silently distils the wrong model).",
     )
     lmbda: float | None = Field(
         None, ge=0.0, le=1.0, description="Fraction of steps on student-generated (on-policy) data; preset if None."
@@ -134,15 +141,11 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _reject_contradictions(self) -> "TrainConfig":
         white_box = self.method in WHITE_BOX_METHODS
-        if white_box and not self.teacher:
-            raise ValueError(f"method {self.method!r} is white-box distillation and needs a local teacher")
         if white_box and is_api_teacher(self.teacher):
             raise ValueError(
                 f"method {self.method!r} needs the teacher's logits, but teacher {self.teacher!r} is "
                 "API-only; use method 'sft' (or 'distill') on its data, or a local teacher folder"
             )
-        if self.student == "prune" and not self.teacher:
-            raise ValueError("student 'prune' prunes the teacher, but no teacher is set")
         if self.student == "prune" and is_api_teacher(self.teacher):
             raise ValueError(
                 f"student 'prune' needs the teacher's weights, but teacher {self.teacher!r} is API-only; "

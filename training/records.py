@@ -23,6 +23,17 @@ SET status = ?, ended_at = ?, final_loss = ?, loss_history = ?, metrics = ?, che
 WHERE id = ?
 """
 
+# Who generated a dataset version's samples, with the local weights each generate run
+# recorded in its config (teacher_weights); human seed samples are not a teacher's.
+DATASET_TEACHERS = """
+SELECT s.teacher_model, any_value(json_extract_string(r.config, '$.teacher_weights')) AS weights
+FROM dataset_items d
+JOIN samples s ON s.id = d.sample_id
+LEFT JOIN runs r ON r.id = s.run_id
+WHERE d.dataset_name = ? AND d.version = ? AND coalesce(s.teacher_model, 'human') <> 'human'
+GROUP BY s.teacher_model
+ORDER BY s.teacher_model"""
+
 INSERT_EVALUATION = """
 INSERT INTO evaluations (training_run_id, model_label, model_path, dataset_name, dataset_version, split,
                          metric, value, n, generation, created_at, run_id)

@@ -143,6 +143,26 @@ def _tokenizer(obj: Any):
     return obj
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def tokenizers_differ(student: str | Path, teacher: str | Path) -> str | None:
+    """A cheap check at config load, before any model is loaded: which tokenizer files of two
+    model folders differ ('embedded' names the embedded model), or None when they agree or
+    cannot be compared yet (a folder is missing: ``check_same_tokenizer`` checks at train time)."""
+    from core.embedded import EMBEDDED, embedded_model_dir
+
+    folders = [embedded_model_dir() if str(x) == EMBEDDED else Path(x).expanduser() for x in (student, teacher)]
+    if not all((f / "config.json").exists() for f in folders):
+        return None
+    differ = []
+    for name in _TOKENIZER_FILES:
+        a, b = (f / name for f in folders)
+        if a.exists() != b.exists() or (a.exists() and a.read_bytes() != b.read_bytes()):
+            differ.append(name)
+    return ", ".join(differ) or None
+
+
 def check_same_tokenizer(student: Any, teacher: Any) -> None:
     """Refuse white-box KD between models whose tokenizers differ (paths or tokenizer objects).
 

@@ -6,7 +6,8 @@
                    store=Store("distillery.duckdb"), dataset="alpaca")
     print(result.checkpoint, result.final_loss)
 
-What it does: resolve the teacher (``embedded`` = SmolLM2-135M-Instruct) and the student
+What it does: resolve the teacher (by default the local weights of the model that generated
+the dataset version, read from its lineage; ``embedded`` = SmolLM2-135M-Instruct) and the student
 (``prune`` = the teacher with layers removed, training/student.py), refuse white-box KD
 across tokenizers, build the method's TRL trainer (sft.py, kd.py, distill_step_by_step.py),
 train with a rich progress bar and a caller-supplied progress callback, save the
@@ -37,6 +38,7 @@ from pydantic import BaseModel, Field
 
 from core.errors import DistillError, InputError, NotFoundError, TeacherError
 from training import records
+from core.embedded import cache_root, model_folder, same_weights
 from training.config import TrainConfig, is_api_teacher
 from training.data import as_rows
 from training.progress import ProgressCallback, ProgressFn
@@ -66,19 +68,51 @@ def resolve_teacher(teacher: str | None) -> Path | None:
     """Local folder of the teacher, or None when there is none / it is API-only."""
     if not teacher or is_api_teacher(teacher):
         return None
-    if teacher == "embedded":
-        from core.embedded import ensure_embedded_teacher
-
-        return ensure_embedded_teacher()
-    path = Path(teacher).expanduser()
+    path = model_folder(teacher)
     if not (path / "config.json").exists():
         raise NotFoundError(f"teacher {teacher!r}: no HF model folder (config.json) at {path}")
     return path
 
 
-def students_dir() -> Path:
-    from core.embedded import cache_root
+def dataset_teachers(store, name: str, version: int) -> dict[str, str | None]:
+    """The models that generated a dataset version's samples (human seeds aside), each with the
+    local weights its generate run recorded (None: not on this machine, e.g. an API)."""
+    rows = store.query(records.DATASET_TEACHERS, [name, version])
+    return {r["teacher_model"]: r["weights"] for r in rows}
 
+
+def logit_teacher(config: TrainConfig, data_teachers: dict[str, str | None] | None) -> str | None:
+    """The teacher a run uses: ``config.teacher``, else the data's own (its recorded weights).
+
+    White-box methods distil the data's teacher unless the config says otherwise, and a
+    different one only with ``allow_other_teacher``: a default must never silently distil
+    the logits of a model other than the one that wrote the answers."""
+    data = data_teachers or {}
+    weights = {w for w in data.values() if w}
+    if config.teacher is None:
+        if len(data) > 1:
+            raise TeacherError(f"the dataset's samples come from several teachers ({', '.join(sorted(data))}): "
+                               "name the logit teacher in train.teacher")
+        if not weights:
+            which = f"the data's teacher {next(iter(data))!r} has" if data else "the rows have no lineage, so"
+            if config.white_box:
+                raise TeacherError(f"method {config.method!r} needs the teacher's logits: {which} no local weights "
+                                   "recorded; set teacher.model_path when generating, or train.teacher")
+            if config.student == "prune":
+                raise TeacherError(f"student 'prune' cuts the student from the teacher's weights: {which} no local "
+                                   "weights recorded; set train.teacher (e.g. 'embedded') or train.student")
+            return None
+        return weights.pop()
+    if config.white_box and data and not config.allow_other_teacher and not any(
+            same_weights(config.teacher, w) for w in weights):
+        generated = ", ".join(f"{model} ({w or 'no local weights'})" for model, w in data.items())
+        raise TeacherError(f"train.teacher {config.teacher!r} is not the model that generated the data "
+                           f"({generated}); distilling another model's logits needs "
+                           "train.allow_other_teacher: true")
+    return config.teacher
+
+
+def students_dir() -> Path:
     return cache_root() / "students"
 
 
@@ -166,11 +200,14 @@ def train(
     import torch
     from transformers import set_seed
 
+    data_teachers = None
     if rows is None:
         if store is None or not dataset:
             raise InputError("train() needs rows, or a store and a dataset name")
         rows, version = load_dataset_rows(store, dataset, version)
+        data_teachers = dataset_teachers(store, dataset, version)
     rows = train_rows(rows)
+    teacher = logit_teacher(config, data_teachers)
 
     from training.sft import resolve_device
 
@@ -180,13 +217,13 @@ def train(
     set_seed(config.seed)
 
     try:
-        teacher_path = resolve_teacher(config.teacher)
+        teacher_path = resolve_teacher(teacher)
     except NotFoundError:
         if config.white_box or config.student == "prune":
             raise
         teacher_path = None  # sft/distill on a given student: the teacher is only recorded
     if config.white_box and teacher_path is None:
-        raise TeacherError(f"method {config.method!r} needs a local teacher; {config.teacher!r} is API-only")
+        raise TeacherError(f"method {config.method!r} needs a local teacher; {teacher!r} is API-only")
     student_path = resolve_student(config, teacher_path)
     tokenizer = load_tokenizer(student_path)
     if config.white_box:
@@ -196,7 +233,7 @@ def train(
     output_dir.mkdir(parents=True, exist_ok=True)
     run_id = records.new_id()
     name = config.name or f"{config.method}-{dataset or 'rows'}" + (f"-v{version}" if version else "")
-    teacher_id = str(teacher_path) if teacher_path else config.teacher
+    teacher_id = str(teacher_path) if teacher_path else teacher
     started_at = records.utcnow()
     record = store is not None and _is_main_process()
     if record:

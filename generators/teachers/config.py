@@ -39,7 +39,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from core.config import load_config_file, validate
-from core.embedded import EMBEDDED_MODEL_NAME
+from core.embedded import EMBEDDED, EMBEDDED_MODEL_NAME
 from core.errors import TeacherError
 from generators.teachers.base import SamplingParams
 
@@ -71,8 +71,10 @@ class _Teacher(BaseModel):
         return data
 
     @property
-    def local_weights(self) -> Path | None:
-        """The folder of the teacher's weights on this machine, when it has one (white-box KD)."""
+    def weights(self) -> str | None:
+        """Where this teacher's weights are on this machine, as configs name them: a folder,
+        'embedded', or None when they are not here (an API; a server we did not start).
+        White-box distillation needs them; ``core.embedded.model_folder`` resolves them."""
         return None
 
 
@@ -148,8 +150,8 @@ class OpenAIConfig(_HTTPTeacher):
         return self
 
     @property
-    def local_weights(self) -> Path | None:
-        return Path(self.model_path) if self.model_path else None
+    def weights(self) -> str | None:
+        return self.model_path
 
 
 # Fields that only matter when distillery starts the vLLM server itself.
@@ -182,14 +184,10 @@ class VLLMConfig(_HTTPTeacher):
         return self
 
     @property
-    def local_weights(self) -> Path | None:
+    def weights(self) -> str | None:
         if self.model_path:
-            return Path(self.model_path)
-        if self.base_url:
-            return None  # a server we did not start: its weights are wherever it runs
-        from core.embedded import ensure_embedded_teacher
-
-        return ensure_embedded_teacher()
+            return self.model_path
+        return None if self.base_url else EMBEDDED  # a server we did not start: weights unknown
 
 
 class TransformersConfig(_Teacher):
@@ -205,12 +203,8 @@ class TransformersConfig(_Teacher):
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads; default the cores this process may use.")
 
     @property
-    def local_weights(self) -> Path | None:
-        if self.model_path:
-            return Path(self.model_path)
-        from core.embedded import ensure_embedded_teacher
-
-        return ensure_embedded_teacher()
+    def weights(self) -> str | None:
+        return self.model_path or EMBEDDED
 
 
 class ScriptedConfig(_Teacher):
