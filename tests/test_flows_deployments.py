@@ -64,3 +64,14 @@ def test_docker_compose_file_is_valid():
 
 def test_prefect_yaml_is_at_the_root():
     assert PREFECT_YAML == ROOT / "prefect.yaml"
+
+
+def test_worker_image_copies_every_package():
+    """docker/worker.Dockerfile COPYs each package pyproject.toml installs (else the image cannot import it)."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    copied = {line.split()[1] for line in (ROOT / "docker" / "worker.Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ")}
+    assert packages <= copied, f"not copied into the worker image: {sorted(packages - copied)}"
