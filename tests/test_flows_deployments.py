@@ -93,7 +93,7 @@ def test_vllm_service_is_a_gpu_only_teacher_server():
     # docker-compose 1.29's `config` lists every service; `profiles` is what keeps vllm out of a plain `up`.
     assert vllm["profiles"] == ["gpu"]
     assert {name for name, s in services.items() if "profiles" not in s} == {"postgres", "prefect-server", "worker"}
-    assert vllm["image"].startswith("vllm/vllm-openai:v")  # a pinned release, never :latest
+    assert vllm["image"] == "vllm/vllm-openai:v0.32.0"  # a pinned release (VLLM_TAG), never :latest
     assert "--model HuggingFaceTB/SmolLM2-1.7B-Instruct" in vllm["command"]  # VLLM_MODEL's default
     check = " ".join(vllm["healthcheck"]["test"])
     assert "http://localhost:8000/health" in check
