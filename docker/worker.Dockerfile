@@ -4,6 +4,7 @@ WORKDIR /app
 # CPU torch first, so nothing pulls a CUDA build (swap the index for a GPU image).
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
+COPY core core
 COPY storage storage
 COPY filters filters
 COPY generators generators

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.deployments import PREFECT_YAML, load_deployments, read_prefect_yaml
 
@@ -55,11 +57,85 @@ def test_unknown_deployment_name_is_refused():
         load_deployments(names=["nope"])
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian package) not installed")
-def test_docker_compose_file_is_valid():
-    out = subprocess.run(["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                         capture_output=True, text=True, cwd=ROOT)
+needs_compose = pytest.mark.skipif(shutil.which("docker-compose") is None,
+                                   reason="docker-compose (Debian package) not installed")
+GPU_ENV = ROOT / "docker" / "gpu.env"
+VLLM_URL = "http://vllm:8000/v1"
+
+
+def _compose(options: tuple[str, ...], *command: str) -> subprocess.CompletedProcess:
+    """``docker-compose OPTIONS -f docker-compose.yml COMMAND`` from the repo root, in an environment
+    without the variables the file reads (so what is tested is the file's defaults)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("DISTILL_", "VLLM_", "COMPOSE_", "HF_")) and k != "HUGGING_FACE_HUB_TOKEN"}
+    return subprocess.run(["docker-compose", *options, "-f", str(ROOT / "docker-compose.yml"), *command],
+                          capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def _services(*options: str) -> dict:
+    out = _compose(options, "config")
     assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)["services"]
+
+
+@needs_compose
+@pytest.mark.parametrize("options", [(), ("--profile", "gpu"), ("--env-file", str(GPU_ENV))],
+                         ids=["default", "gpu-profile", "gpu-env-file"])
+def test_docker_compose_file_is_valid(options):
+    out = _compose(options, "config", "-q")
+    assert out.returncode == 0, out.stderr
+
+
+@needs_compose
+def test_vllm_service_is_a_gpu_only_teacher_server():
+    services = _services()
+    vllm = services["vllm"]
+    # docker-compose 1.29's `config` lists every service; `profiles` is what keeps vllm out of a plain `up`.
+    assert vllm["profiles"] == ["gpu"]
+    assert {name for name, s in services.items() if "profiles" not in s} == {"postgres", "prefect-server", "worker"}
+    assert vllm["image"] == "vllm/vllm-openai:v0.32.0"  # a pinned release (VLLM_TAG), never :latest
+    assert "--model HuggingFaceTB/SmolLM2-1.7B-Instruct" in vllm["command"]  # VLLM_MODEL's default
+    check = " ".join(vllm["healthcheck"]["test"])
+    assert "http://localhost:8000/health" in check
+    (gpu,) = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"] and gpu["count"] == 1
+    assert vllm["volumes"] == ["hf-cache:/root/.cache/huggingface:rw"]
+    assert vllm["environment"]["HF_HOME"] == "/root/.cache/huggingface"
+    # Tokens pass through from the caller's environment; the file holds no value.
+    assert vllm["environment"]["HF_TOKEN"] is None and vllm["environment"]["HUGGING_FACE_HUB_TOKEN"] is None
+
+
+@needs_compose
+def test_gpu_env_file_turns_the_profile_on_and_points_the_worker_at_vllm():
+    from generators.teachers.config import VLLMConfig, teacher_config
+
+    settings = dict(line.split("=", 1) for line in GPU_ENV.read_text().splitlines()
+                    if line.strip() and not line.lstrip().startswith("#"))
+    assert settings["COMPOSE_PROFILES"] == "gpu"
+
+    worker = _services("--env-file", str(GPU_ENV))["worker"]["environment"]
+    assert worker["DISTILL_TEACHER_BACKEND"] == "vllm"
+    assert worker["DISTILL_TEACHER_BASE_URL"] == VLLM_URL
+    # What the worker's config loader builds from them: a vLLM teacher attached to the service.
+    teacher = teacher_config({"backend": worker["DISTILL_TEACHER_BACKEND"],
+                              "base_url": worker["DISTILL_TEACHER_BASE_URL"]})
+    assert isinstance(teacher, VLLMConfig) and teacher.base_url == VLLM_URL
+
+    # Without the env file the variables are empty (= unset): the CPU setup is unchanged.
+    plain = _services()["worker"]["environment"]
+    assert [plain[k] for k in ("DISTILL_TEACHER_BACKEND", "DISTILL_TEACHER_BASE_URL", "DISTILL_TEACHER_MODEL")] \
+        == ["", "", ""]
+
+
+def test_worker_image_copies_every_package():
+    """docker/worker.Dockerfile COPYs each package pyproject.toml installs (else the image cannot import it)."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in include}
+    copied = {line.split()[1] for line in (ROOT / "docker" / "worker.Dockerfile").read_text().splitlines()
+              if line.startswith("COPY ")}
+    assert packages <= copied, f"not copied into the worker image: {sorted(packages - copied)}"
 
 
 def test_prefect_yaml_is_at_the_root():
