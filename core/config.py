@@ -11,6 +11,8 @@ never the rejected value itself (it could be a secret).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -94,17 +96,32 @@ def validate(model: type[M] | Any, data: Any, source: str) -> M:
         raise InputError(format_validation_error(err, source)) from None
 
 
-def load_config_file(path: str | Path | None, model: type[M] | Any, *,
-                     overrides: dict[str, Any] | None = None, section: str | None = None) -> M:
-    """Read ``path`` (None: no file, only the overrides), apply ``overrides`` (dotted keys,
-    None values ignored) and validate the result as ``model``.
+def env_overrides(variables: Mapping[str, str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``{dotted key: value}`` for each environment variable of ``variables`` (name -> dotted
+    key) that is set to a non-empty value (compose files cannot leave a key out, so an
+    empty value means unset)."""
+    environ = os.environ if environ is None else environ
+    return {key: environ[name].strip() for name, key in variables.items() if environ.get(name, "").strip()}
+
+
+def load_config_file(path: str | Path | None, model: type[M] | Any, *, overrides: dict[str, Any] | None = None,
+                     section: str | None = None, env: Mapping[str, str] | None = None) -> M:
+    """Read ``path`` (None: no file), then apply the environment variables of ``env`` (name ->
+    dotted key), then ``overrides`` (dotted keys, None values ignored): file < environment <
+    ``--set``. Validate the result as ``model``.
 
     ``section``: a file whose only top-level key is this name (``teacher:``) is read from
     inside it, so a section can live in a file of its own."""
     data: dict[str, Any] = read_yaml(path) if path is not None else {}
     if section and set(data) == {section} and isinstance(data[section], dict):
         data = data[section]
+    from_env = env_overrides(env or {})
+    for dotted, value in from_env.items():
+        set_dotted(data, dotted, value)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, dotted, value)
-    return validate(model, data, str(path) if path is not None else "options")
+    source = str(path) if path is not None else "options"
+    if from_env:
+        source += " + " + ", ".join(name for name, key in (env or {}).items() if key in from_env)
+    return validate(model, data, source)

@@ -27,7 +27,7 @@ from generators.judge import JudgeConfig
 from generators.registry import METHODS, Method, MethodName, MethodParams
 from generators.responses import ResponsesConfig
 from core.embedded import same_weights
-from generators.teachers.config import TeacherConfig, TransformersConfig, teacher_label
+from generators.teachers.config import TEACHER_ENV, TeacherConfig, default_teacher, teacher_label
 from training.config import TrainConfig
 from training.student import tokenizers_differ
 
@@ -260,7 +260,9 @@ class PipelineConfig(_Section):
         None, description="Seed tasks JSONL (self-instruct format). Default: the shipped seed tasks."
     )
     teacher: TeacherConfig = Field(
-        default_factory=TransformersConfig, description="The teacher model and how to reach it."
+        default_factory=default_teacher,
+        description="The teacher model and how to reach it (default: DISTILL_TEACHER_* if set, else the "
+        "embedded SmolLM2).",
     )
     generate: GenerateConfig = Field(default_factory=GenerateConfig, description="Generation step.")
     curate: CurateConfig = Field(default_factory=CurateConfig, description="Curation step.")
@@ -352,4 +354,5 @@ def _without_secrets(value: Any) -> Any:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Read and validate one pipeline YAML file (None: defaults); ``overrides`` (dotted keys) win."""
-    return load_config_file(path, PipelineConfig, overrides=overrides)
+    return load_config_file(path, PipelineConfig, overrides=overrides,
+                            env={name: f"teacher.{key}" for name, key in TEACHER_ENV.items()})

@@ -47,7 +47,7 @@ from flows.config import CurateConfig, CurateJudgeConfig, _without_secrets
 from flows.filtering import SampleFilters, SampleItem
 from flows.runs import recorded_run, run_id_for, run_sync
 from generators.judge import SingleItem, ajudge_single
-from generators.teachers.config import TeacherConfig, TransformersConfig
+from generators.teachers.config import TeacherConfig, default_teacher
 from storage.datasets import create_dataset, export_dataset
 from storage.store import Store
 
@@ -111,7 +111,7 @@ def judge_batch(index: int, rows: list[dict[str, Any]], teacher: Any, config: Cu
 
 def judge_teacher_config(config: CurateJudgeConfig, teacher: TeacherConfig | None) -> TeacherConfig:
     """The judge's teacher: ``judge.teacher``, else the pipeline's, else the default teacher."""
-    return config.teacher or teacher or TransformersConfig()
+    return config.teacher or teacher or default_teacher()
 
 
 def _judge(store: Store, run_id: str, run_name: str, only_run: str | None, config: CurateJudgeConfig,

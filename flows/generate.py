@@ -39,7 +39,7 @@ from flows.filtering import SampleFilters, SampleItem
 from flows.runs import RecordedRun, freeze_startup_heap, recorded_run
 from generators.common import Batch, MethodResult, Runner
 from generators.teachers import build_teacher
-from generators.teachers.config import TeacherConfig, TransformersConfig
+from generators.teachers.config import TeacherConfig, default_teacher
 from generators.teachers.ledger import LedgeredTeacher
 from storage.records import Instruction
 from storage.seeds import DEFAULT_SEED_FILE, load_seed_tasks, parse_instructions_file, parse_seed_file
@@ -146,7 +146,7 @@ def build_runner(store: Store, config: GenerateConfig, *, run_name: str, run_id:
 @flow(name="generate", flow_run_name="generate-{run_name}", log_prints=True)
 async def generate_flow(
     run_name: str = "default",
-    teacher: TeacherConfig = TransformersConfig(),
+    teacher: TeacherConfig | None = None,
     generate: GenerateConfig = GenerateConfig(),
     db: str | None = None,
     seeds: str | None = None,
@@ -155,13 +155,15 @@ async def generate_flow(
 
     Args:
         run_name: name of this run; re-running it resumes (nothing paid or stored twice).
-        teacher: the teacher model and how to reach it.
+        teacher: the teacher model and how to reach it (default: DISTILL_TEACHER_* if set,
+            else the embedded SmolLM2).
         generate: method, target, batch size, budgets, method params, inline filters.
         db: DuckDB file (default $DISTILL_DB, else ./distillery.duckdb).
         seeds: seed tasks JSONL for Self-Instruct/Evol-Instruct (default: the shipped ones).
     """
     logger = get_run_logger()
     freeze_startup_heap()
+    teacher = teacher or default_teacher()
     store = Store(db, keep_open_s=KEEP_DB_OPEN_S)
     # teacher_weights: the lineage a white-box training run reads to distil this teacher's
     # logits (training/train.py logit_teacher), resolved to a folder ('embedded' converted).

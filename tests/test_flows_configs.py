@@ -121,3 +121,18 @@ def test_method_params_are_checked_by_the_method(tmp_path):
         load_config(_write(tmp_path, "generate: {params: {n: 2, temperature: 0}}"))
     with pytest.raises(InputError, match="params.method 'rationales' contradicts method 'responses'"):
         load_config(_write(tmp_path, "generate: {method: responses, params: {method: rationales}}"))
+
+
+def test_teacher_from_the_environment_between_the_file_and_set(tmp_path, monkeypatch):
+    """DISTILL_TEACHER_* (a worker pointed at a GPU server): file < environment < --set."""
+    path = _write(tmp_path, "teacher: {backend: vllm, model_path: /m/x}\ntrain: {method: sft, teacher: embedded}")
+    monkeypatch.setenv("DISTILL_TEACHER_BASE_URL", "http://vllm:8000/v1")
+    monkeypatch.setenv("DISTILL_TEACHER_MODEL", "")  # empty: unset (compose cannot leave a key out)
+    with pytest.raises(InputError, match=r"DISTILL_TEACHER_BASE_URL: invalid config: .*base_url .* or server options"):
+        (tmp_path / "sub").mkdir()
+        load_config(_write(tmp_path / "sub", "teacher: {backend: vllm, port: 9000}"))
+    config = load_config(path)
+    assert (config.teacher.backend, config.teacher.base_url, config.teacher.model) == ("vllm", "http://vllm:8000/v1", None)
+    assert load_config(path, {"teacher.base_url": "http://other/v1"}).teacher.base_url == "http://other/v1"
+    monkeypatch.setenv("DISTILL_TEACHER_BACKEND", "vllm")
+    assert PipelineConfig(train={"method": "sft", "teacher": "embedded"}).teacher.base_url == "http://vllm:8000/v1"

@@ -38,7 +38,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from core.config import load_config_file, validate
+from core.config import env_overrides, load_config_file, validate
 from core.embedded import EMBEDDED, EMBEDDED_MODEL_NAME
 from core.errors import TeacherError
 from generators.teachers.base import SamplingParams
@@ -239,6 +239,18 @@ LOCAL_BACKENDS = ("transformers", "vllm")
 """Backends whose weights run on this machine (white-box distillation can use them)."""
 
 
+TEACHER_ENV = {"DISTILL_TEACHER_BACKEND": "backend", "DISTILL_TEACHER_MODEL": "model",
+               "DISTILL_TEACHER_BASE_URL": "base_url"}
+"""Environment variables that set a teacher's fields (a worker pointed at a GPU server by
+docker/gpu.env): over a config file's values, under ``--set`` and explicit run parameters."""
+
+
+def default_teacher() -> TeacherConfig:
+    """The teacher when none is given: the ``DISTILL_TEACHER_*`` variables if set, else the
+    embedded default."""
+    return validate(TeacherConfig, env_overrides(TEACHER_ENV), "DISTILL_TEACHER_* environment variables")
+
+
 def teacher_config(data: Any, *, source: str = "teacher config") -> TeacherConfig:
     """``data`` (a mapping, optionally nested under ``teacher:``) as a teacher config;
     InputError naming each bad field."""
@@ -249,7 +261,7 @@ def teacher_config(data: Any, *, source: str = "teacher config") -> TeacherConfi
 
 def load_teacher_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TeacherConfig:
     """A teacher config from YAML (a file of its own or with a top-level ``teacher:``)."""
-    return load_config_file(path, TeacherConfig, overrides=overrides, section="teacher")
+    return load_config_file(path, TeacherConfig, overrides=overrides, section="teacher", env=TEACHER_ENV)
 
 
 def teacher_label(config: TeacherConfig) -> str:
