@@ -17,7 +17,7 @@ from training.sft import build_sft_trainer
 from training.testing import toy_rows
 from training.train import train
 
-METHODS = ["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "distill"]
+METHODS = ["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "onpolicy", "distill"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -59,6 +59,20 @@ def test_kd_presets_reach_trl(method, tiny_models, tmp_path):
         PRESETS[method]["lmbda"], PRESETS[method]["beta"], PRESETS[method]["seq_kd"])
     assert trainer.args.max_new_tokens == 8 and trainer.args.temperature == 0.9
     assert not trainer.args.bf16 and not trainer.args.gradient_checkpointing and trainer.args.use_cpu
+
+
+def test_onpolicy_trains_on_student_samples_only_and_gkd_mixes(tiny_models, tmp_path):
+    """GKD's on-policy setting is lmbda = 1 (every step samples from the student); 'gkd' is the 50/50 mix."""
+    student, teacher = tiny_models
+    tok = AutoTokenizer.from_pretrained(student)
+    built = {}
+    for method in ("onpolicy", "gkd"):
+        built[method] = build_kd_trainer(_config(method, student, teacher, tmp_path), AutoModelForCausalLM.from_pretrained(student),
+                                         AutoModelForCausalLM.from_pretrained(teacher), tok, toy_rows(4), str(tmp_path))
+    onpolicy, gkd = built["onpolicy"], built["gkd"]
+    assert (onpolicy.args.lmbda, onpolicy.args.beta, onpolicy.args.seq_kd) == (1.0, 1.0, False)
+    assert (onpolicy.lmbda, onpolicy.beta, onpolicy.seq_kd) == (1.0, 1.0, False)
+    assert (gkd.args.lmbda, gkd.args.beta, gkd.args.seq_kd) == (0.5, 0.5, False)
 
 
 def test_sft_labels_cover_the_assistant_turn_only(tiny_models, tmp_path):
