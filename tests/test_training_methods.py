@@ -99,7 +99,7 @@ def test_sft_packing_runs(tiny_models, tmp_path):
 
 
 def test_step_by_step_tasks_and_weights():
-    ds = step_by_step_dataset(toy_rows(2, rationale=True), alpha=0.3)
+    ds = step_by_step_dataset(toy_rows(2, rationale=True), label_weight=0.7)
     assert len(ds) == 4
     predict, explain = ds[0], ds[1]
     assert predict["prompt"][-1]["content"].startswith(PREDICT) and predict["completion"][0]["content"] == "3"
@@ -124,7 +124,7 @@ def test_step_by_step_loss_weighs_the_two_tasks(tiny_models, tmp_path):
     from training.distill_step_by_step import build_distill_trainer
 
     student, _ = tiny_models
-    config = _config("distill", student, student, tmp_path, alpha=0.25)
+    config = _config("distill", student, student, tmp_path, label_weight=0.75)
     model = AutoModelForCausalLM.from_pretrained(student)
     trainer = build_distill_trainer(config, model, AutoTokenizer.from_pretrained(student),
                                     toy_rows(1, rationale=True), str(tmp_path))

@@ -72,7 +72,7 @@ def test_presets_and_overrides():
     assert TrainConfig(method="gkd", lmbda=1.0, beta=0.1).gkd_params()["lmbda"] == 1.0
     assert TrainConfig(method="onpolicy", beta=0.5).gkd_params() == {
         "lmbda": 1.0, "beta": 0.5, "seq_kd": False, "temperature": 0.9, "max_new_tokens": 64}
-    assert TrainConfig(method="distill").method_params() == {"alpha": 0.5}
+    assert TrainConfig(method="distill").method_params() == {"label_weight": 0.5}
 
 
 @pytest.mark.parametrize(
@@ -86,6 +86,7 @@ def test_presets_and_overrides():
         ({"method": "kd", "packing": True}, "packing"),
         ({"method": "sft", "student": "prune", "teacher": "openai:gpt-4o"}, "API-only"),
         ({"method": "sft", "keep_layers": 1.5}, "fraction"),
+        ({"method": "distill", "alpha": 0.3}, "'alpha' was renamed 'label_weight'.*1 - alpha"),
     ],
 )
 def test_contradictions_are_rejected(kwargs, message):

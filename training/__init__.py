@@ -5,7 +5,7 @@
     data.py                   dataset rows -> chat prompt/completion or messages examples
     sft.py                    method sft: trl.SFTTrainer, loss on the assistant turn only
     kd.py                     methods kd, rkl, jsd, seqkd, gkd, onpolicy: trl.experimental.gkd.GKDTrainer
-    distill_step_by_step.py   method distill: "predict:" label + "explain:" rationale, weight alpha
+    distill_step_by_step.py   method distill: "predict:" label + "explain:" rationale, label_weight
     progress.py               rich progress bar + caller progress callback + loss history
     train.py                  train(config, rows | store + dataset) -> TrainResult; training_runs row
     evaluate.py               ROUGE-L, exact match, KL(teacher || student); evaluations rows; table

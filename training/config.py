@@ -129,9 +129,10 @@ class TrainConfig(BaseModel):
         description="Sampling temperature for on-policy / seq-KD generation (TRL's GKD loss itself uses 1).",
     )
     max_new_tokens: int = Field(64, ge=1, description="Tokens sampled per on-policy / seq-KD completion.")
-    alpha: float = Field(
+    label_weight: float = Field(
         0.5, ge=0.0, le=1.0,
-        description="distill only: weight of the 'explain' (rationale) loss; the label loss gets 1 - alpha.",
+        description="distill only: weight of the 'predict' (label) task's loss; the 'explain' (rationale) "
+        "task's gets 1 - label_weight. The reference code's alpha; 0.5 weighs both tasks equally.",
     )
     epochs: float = Field(1.0, gt=0.0, description="Passes over the training split (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -153,6 +154,17 @@ class TrainConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Record the loss every N optimizer steps.")
     name: str | None = Field(None, description="Run name recorded in training_runs (default: method + dataset).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_alpha(cls, data: Any) -> Any:
+        # An old config's alpha weighted the rationale: refuse it rather than read it the other way round.
+        if isinstance(data, dict) and "alpha" in data:
+            raise ValueError(
+                "'alpha' was renamed 'label_weight' and now weights the label ('predict') loss, as in the "
+                "reference code; the old alpha weighted the rationale: set label_weight to 1 - alpha"
+            )
+        return data
 
     @model_validator(mode="after")
     def _reject_contradictions(self) -> "TrainConfig":
@@ -211,7 +223,7 @@ class TrainConfig(BaseModel):
         if self.white_box:
             return self.gkd_params()
         if self.method == "distill":
-            return {"alpha": self.alpha}
+            return {"label_weight": self.label_weight}
         return {"packing": self.packing}
 
     @classmethod

@@ -6,9 +6,11 @@ Every rationale row (instruction, input, rationale, label) becomes two examples:
     "predict: <task>"  ->  <label>
     "explain: <task>"  ->  <rationale>
 
-and the loss is ``(1 - alpha) * L_predict + alpha * L_explain`` (alpha = 0.5 weighs both
-tasks equally, the paper's setting up to scale). At inference the student is prompted with
-"predict: " and answers directly, without generating the rationale.
+and the loss is ``label_weight * L_predict + (1 - label_weight) * L_explain``: the reference
+code's ``alpha * L_label + (1 - alpha) * L_rationale`` (google-research/distilling-step-by-step,
+``model_utils.py`` ``TaskPrefixTrainer.compute_loss``; ``--alpha 0.5``, its recommended
+value, is our default). At inference the student is prompted with "predict: " and answers
+directly, without generating the rationale.
 
 The layer over TRL is thin: SFTTrainer prepares both tasks as conversational
 prompt/completion examples (completion-only loss); a ``task_weight`` column rides along,
@@ -32,8 +34,8 @@ PREDICT = "predict: "
 EXPLAIN = "explain: "
 
 
-def step_by_step_dataset(rows: Any, alpha: float):
-    """Two prompt/completion examples per row, with weights (1 - alpha) and alpha."""
+def step_by_step_dataset(rows: Any, label_weight: float):
+    """Two prompt/completion examples per row, with weights label_weight and 1 - label_weight."""
     from datasets import Dataset
 
     rows = as_rows(rows)
@@ -46,8 +48,8 @@ def step_by_step_dataset(rows: Any, alpha: float):
                 f"row {i} (sample {row.get('sample_id')}) has no {'label' if not label else 'rationale'}: "
                 "method 'distill' needs a rationale dataset (e.g. from the 'rationales' generator)"
             )
-        examples.append(_example(row, PREDICT, label, 1.0 - alpha))
-        examples.append(_example(row, EXPLAIN, rationale, alpha))
+        examples.append(_example(row, PREDICT, label, label_weight))
+        examples.append(_example(row, EXPLAIN, rationale, 1.0 - label_weight))
     return Dataset.from_list(examples)
 
 
@@ -97,7 +99,7 @@ class DistillStepByStepTrainer(SFTTrainer):
         mask = (targets != -100).float()
         per_example = (token_loss * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         # With as many predict as explain examples in a batch this is exactly
-        # (1 - alpha) * mean L_predict + alpha * mean L_explain.
+        # label_weight * mean L_predict + (1 - label_weight) * mean L_explain.
         loss = 2.0 * (weights.to(per_example.device) * per_example).mean()
         return (loss, outputs) if return_outputs else loss
 
@@ -109,7 +111,7 @@ def build_distill_trainer(
     return DistillStepByStepTrainer(
         model=model,
         args=args,
-        train_dataset=step_by_step_dataset(rows, config.alpha),
+        train_dataset=step_by_step_dataset(rows, config.label_weight),
         processing_class=tokenizer,
         callbacks=callbacks,
     )
