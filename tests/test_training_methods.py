@@ -98,13 +98,12 @@ def test_sft_packing_runs(tiny_models, tmp_path):
     assert math.isfinite(result.final_loss)
 
 
-def test_step_by_step_tasks_and_weights():
-    ds = step_by_step_dataset(toy_rows(2, rationale=True), label_weight=0.7)
-    assert len(ds) == 4
+def test_step_by_step_tasks():
+    ds = step_by_step_dataset(toy_rows(2, rationale=True))
+    assert ds["task"] == ["predict", "explain", "predict", "explain"]
     predict, explain = ds[0], ds[1]
     assert predict["prompt"][-1]["content"].startswith(PREDICT) and predict["completion"][0]["content"] == "3"
     assert explain["prompt"][-1]["content"].startswith(EXPLAIN) and "count up" in explain["completion"][0]["content"]
-    assert (predict["task_weight"], explain["task_weight"]) == pytest.approx((0.7, 0.3))
 
 
 def test_kd_with_a_foreign_tokenizer_is_refused(tiny_models, tmp_path):
@@ -135,3 +134,34 @@ def test_step_by_step_loss_weighs_the_two_tasks(tiny_models, tmp_path):
         separate = [model(input_ids=batch["input_ids"][i:i + 1], attention_mask=batch["attention_mask"][i:i + 1],
                           labels=batch["labels"][i:i + 1]).loss for i in (0, 1)]
     assert loss.item() == pytest.approx(0.75 * separate[0].item() + 0.25 * separate[1].item(), rel=1e-4)
+
+
+def test_step_by_step_loss_is_a_weighted_sum_of_per_task_means(tiny_models, tmp_path):
+    """A batch with 3 predict and 1 explain examples: label_weight * mean(L_predict) +
+    (1 - label_weight) * mean(L_explain), each L an example's mean token loss; a batch of one
+    task gives that task's weighted mean alone."""
+    from training.distill_step_by_step import build_distill_trainer
+
+    student, _ = tiny_models
+    config = _config("distill", student, student, tmp_path, label_weight=0.25)
+    model = AutoModelForCausalLM.from_pretrained(student)
+    trainer = build_distill_trainer(config, model, AutoTokenizer.from_pretrained(student),
+                                    toy_rows(3, rationale=True), str(tmp_path))
+    ds = trainer.train_dataset  # per row: its predict example, then its explain example
+    p0, e0, p1, e1, p2 = ds[0], ds[1], ds[2], ds[3], ds[4]
+
+    def alone(example):  # the example in a batch of its own (no padding): its mean token loss
+        batch = trainer.data_collator([example])
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     labels=batch["labels"]).loss.item()
+
+    def loss(examples):
+        return trainer.compute_loss(model, dict(trainer.data_collator(examples))).item()
+
+    with torch.no_grad():
+        lp0, lp1, lp2, le0, le1 = map(alone, (p0, p1, p2, e0, e1))
+        mixed, explain_only, predict_only = loss([p0, e1, p1, p2]), loss([e0, e1]), loss([p1])
+    assert len({lp0, lp1, lp2, le0, le1}) == 5  # distinct losses, so a wrong average shows
+    assert mixed == pytest.approx(0.25 * (lp0 + lp1 + lp2) / 3 + 0.75 * le1, rel=1e-4)
+    assert explain_only == pytest.approx(0.75 * (le0 + le1) / 2, rel=1e-4)
+    assert predict_only == pytest.approx(0.25 * lp1, rel=1e-4)
