@@ -14,7 +14,8 @@ gkd         JSD (beta 0.5); each step, with probability 0.5, on the      local
             student's own samples, else on the dataset's responses
 onpolicy    reverse KL on the student's own samples at every step        local
             (GKD's on-policy setting, lmbda 1)
-distill     step-by-step: "predict:" -> label + "explain:" -> rationale  none (data only)
+distill     step-by-step: label_weight * NLL("predict:" -> label) +      none (data only)
+            (1 - label_weight) * NLL("explain:" -> rationale), per task
 ==========  ===========================================================  ==================
 
 The white-box presets map onto TRL's ``GKDConfig`` (lmbda = probability that a training
