@@ -17,7 +17,7 @@ from training.sft import build_sft_trainer
 from training.testing import toy_rows
 from training.train import train
 
-METHODS = ["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "distill"]
+METHODS = ["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "onpolicy", "distill"]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -61,6 +61,20 @@ def test_kd_presets_reach_trl(method, tiny_models, tmp_path):
     assert not trainer.args.bf16 and not trainer.args.gradient_checkpointing and trainer.args.use_cpu
 
 
+def test_onpolicy_trains_on_student_samples_only_and_gkd_mixes(tiny_models, tmp_path):
+    """GKD's on-policy setting is lmbda = 1 (every step samples from the student); 'gkd' is the 50/50 mix."""
+    student, teacher = tiny_models
+    tok = AutoTokenizer.from_pretrained(student)
+    built = {}
+    for method in ("onpolicy", "gkd"):
+        built[method] = build_kd_trainer(_config(method, student, teacher, tmp_path), AutoModelForCausalLM.from_pretrained(student),
+                                         AutoModelForCausalLM.from_pretrained(teacher), tok, toy_rows(4), str(tmp_path))
+    onpolicy, gkd = built["onpolicy"], built["gkd"]
+    assert (onpolicy.args.lmbda, onpolicy.args.beta, onpolicy.args.seq_kd) == (1.0, 1.0, False)
+    assert (onpolicy.lmbda, onpolicy.beta, onpolicy.seq_kd) == (1.0, 1.0, False)
+    assert (gkd.args.lmbda, gkd.args.beta, gkd.args.seq_kd) == (0.5, 0.5, False)
+
+
 def test_sft_labels_cover_the_assistant_turn_only(tiny_models, tmp_path):
     student, _ = tiny_models
     tok = AutoTokenizer.from_pretrained(student)
@@ -84,13 +98,12 @@ def test_sft_packing_runs(tiny_models, tmp_path):
     assert math.isfinite(result.final_loss)
 
 
-def test_step_by_step_tasks_and_weights():
-    ds = step_by_step_dataset(toy_rows(2, rationale=True), alpha=0.3)
-    assert len(ds) == 4
+def test_step_by_step_tasks():
+    ds = step_by_step_dataset(toy_rows(2, rationale=True))
+    assert ds["task"] == ["predict", "explain", "predict", "explain"]
     predict, explain = ds[0], ds[1]
     assert predict["prompt"][-1]["content"].startswith(PREDICT) and predict["completion"][0]["content"] == "3"
     assert explain["prompt"][-1]["content"].startswith(EXPLAIN) and "count up" in explain["completion"][0]["content"]
-    assert (predict["task_weight"], explain["task_weight"]) == pytest.approx((0.7, 0.3))
 
 
 def test_kd_with_a_foreign_tokenizer_is_refused(tiny_models, tmp_path):
@@ -110,7 +123,7 @@ def test_step_by_step_loss_weighs_the_two_tasks(tiny_models, tmp_path):
     from training.distill_step_by_step import build_distill_trainer
 
     student, _ = tiny_models
-    config = _config("distill", student, student, tmp_path, alpha=0.25)
+    config = _config("distill", student, student, tmp_path, label_weight=0.75)
     model = AutoModelForCausalLM.from_pretrained(student)
     trainer = build_distill_trainer(config, model, AutoTokenizer.from_pretrained(student),
                                     toy_rows(1, rationale=True), str(tmp_path))
@@ -121,3 +134,34 @@ def test_step_by_step_loss_weighs_the_two_tasks(tiny_models, tmp_path):
         separate = [model(input_ids=batch["input_ids"][i:i + 1], attention_mask=batch["attention_mask"][i:i + 1],
                           labels=batch["labels"][i:i + 1]).loss for i in (0, 1)]
     assert loss.item() == pytest.approx(0.75 * separate[0].item() + 0.25 * separate[1].item(), rel=1e-4)
+
+
+def test_step_by_step_loss_is_a_weighted_sum_of_per_task_means(tiny_models, tmp_path):
+    """A batch with 3 predict and 1 explain examples: label_weight * mean(L_predict) +
+    (1 - label_weight) * mean(L_explain), each L an example's mean token loss; a batch of one
+    task gives that task's weighted mean alone."""
+    from training.distill_step_by_step import build_distill_trainer
+
+    student, _ = tiny_models
+    config = _config("distill", student, student, tmp_path, label_weight=0.25)
+    model = AutoModelForCausalLM.from_pretrained(student)
+    trainer = build_distill_trainer(config, model, AutoTokenizer.from_pretrained(student),
+                                    toy_rows(3, rationale=True), str(tmp_path))
+    ds = trainer.train_dataset  # per row: its predict example, then its explain example
+    p0, e0, p1, e1, p2 = ds[0], ds[1], ds[2], ds[3], ds[4]
+
+    def alone(example):  # the example in a batch of its own (no padding): its mean token loss
+        batch = trainer.data_collator([example])
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     labels=batch["labels"]).loss.item()
+
+    def loss(examples):
+        return trainer.compute_loss(model, dict(trainer.data_collator(examples))).item()
+
+    with torch.no_grad():
+        lp0, lp1, lp2, le0, le1 = map(alone, (p0, p1, p2, e0, e1))
+        mixed, explain_only, predict_only = loss([p0, e1, p1, p2]), loss([e0, e1]), loss([p1])
+    assert len({lp0, lp1, lp2, le0, le1}) == 5  # distinct losses, so a wrong average shows
+    assert mixed == pytest.approx(0.25 * (lp0 + lp1 + lp2) / 3 + 0.75 * le1, rel=1e-4)
+    assert explain_only == pytest.approx(0.75 * (le0 + le1) / 2, rel=1e-4)
+    assert predict_only == pytest.approx(0.25 * lp1, rel=1e-4)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from typing import get_args
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from core.errors import DistillError, InputError
-from training.config import PRESETS, TrainConfig
+from training.config import PRESETS, WHITE_BOX_METHODS, Method, TrainConfig
 from training.student import STUDENT_MARKER, build_student, check_same_tokenizer, select_layers
 from training.testing import tiny_llama
 
@@ -63,11 +64,15 @@ def test_mismatched_tokenizers_are_refused(teacher, tmp_path):
 
 
 def test_presets_and_overrides():
+    assert set(PRESETS) == set(WHITE_BOX_METHODS)
+    assert set(get_args(Method)) == {*WHITE_BOX_METHODS, "sft", "distill"}
     for method, preset in PRESETS.items():
         params = TrainConfig(method=method).gkd_params()
         assert {k: params[k] for k in preset} == preset
     assert TrainConfig(method="gkd", lmbda=1.0, beta=0.1).gkd_params()["lmbda"] == 1.0
-    assert TrainConfig(method="distill").method_params() == {"alpha": 0.5}
+    assert TrainConfig(method="onpolicy", beta=0.5).gkd_params() == {
+        "lmbda": 1.0, "beta": 0.5, "seq_kd": False, "temperature": 0.9, "max_new_tokens": 64}
+    assert TrainConfig(method="distill").method_params() == {"label_weight": 0.5}
 
 
 @pytest.mark.parametrize(
@@ -77,9 +82,11 @@ def test_presets_and_overrides():
         ({"method": "kd", "teacher": None, "student": "/tmp/s"}, "needs a local teacher"),
         ({"method": "sft", "beta": 0.5}, "lmbda/beta only apply"),
         ({"method": "seqkd", "lmbda": 0.5}, "lmbda must be 0"),
+        ({"method": "onpolicy", "lmbda": 0.5}, "lmbda must be 1"),
         ({"method": "kd", "packing": True}, "packing"),
         ({"method": "sft", "student": "prune", "teacher": "openai:gpt-4o"}, "API-only"),
         ({"method": "sft", "keep_layers": 1.5}, "fraction"),
+        ({"method": "distill", "alpha": 0.3}, "'alpha' was renamed 'label_weight'.*1 - alpha"),
     ],
 )
 def test_contradictions_are_rejected(kwargs, message):

@@ -4,8 +4,8 @@
     student.py                build_student (prune a teacher's layers), check_same_tokenizer
     data.py                   dataset rows -> chat prompt/completion or messages examples
     sft.py                    method sft: trl.SFTTrainer, loss on the assistant turn only
-    kd.py                     methods kd, rkl, jsd, seqkd, gkd: trl.experimental.gkd.GKDTrainer
-    distill_step_by_step.py   method distill: "predict:" label + "explain:" rationale, weight alpha
+    kd.py                     methods kd, rkl, jsd, seqkd, gkd, onpolicy: trl.experimental.gkd.GKDTrainer
+    distill_step_by_step.py   method distill: "predict:" label + "explain:" rationale, label_weight
     progress.py               rich progress bar + caller progress callback + loss history
     train.py                  train(config, rows | store + dataset) -> TrainResult; training_runs row
     evaluate.py               ROUGE-L, exact match, KL(teacher || student); evaluations rows; table

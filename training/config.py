@@ -10,13 +10,23 @@ kd          forward KL(teacher || student) on the dataset's responses    local (
 rkl         reverse KL(student || teacher) on the dataset's responses    local
 jsd         generalized JSD (beta 0.5) on the dataset's responses        local
 seqkd       forward KL on sequences the teacher samples during training  local
-gkd         JSD on a mix of dataset and student-sampled sequences        local
-distill     step-by-step: "predict:" -> label + "explain:" -> rationale  none (data only)
+gkd         JSD (beta 0.5); each step, with probability 0.5, on the      local
+            student's own samples, else on the dataset's responses
+onpolicy    reverse KL on the student's own samples at every step        local
+            (GKD's on-policy setting, lmbda 1)
+distill     step-by-step: label_weight * NLL("predict:" -> label) +      none (data only)
+            (1 - label_weight) * NLL("explain:" -> rationale), per task
 ==========  ===========================================================  ==================
 
-The white-box presets map onto TRL's ``GKDConfig`` (lmbda = fraction of on-policy student
-samples, beta = JSD interpolation: 0 forward KL, 1 reverse KL, seq_kd = teacher-sampled
-sequences); an explicit ``lmbda``/``beta`` overrides the preset.
+The white-box presets map onto TRL's ``GKDConfig`` (lmbda = probability that a training
+step uses sequences the student samples, beta = JSD interpolation: 0 forward KL, 1 reverse
+KL, seq_kd = sequences the teacher samples on the other steps); an explicit
+``lmbda``/``beta`` overrides the preset.
+
+``rkl`` is off-policy: reverse KL, token by token, on the dataset's sequences. MiniLLM (Gu
+et al., 2024) also minimizes reverse KL, but on sequences the student samples, optimized
+with policy gradient; the nearest preset here is ``onpolicy`` (reverse KL on student
+samples, GKD's gradient, which does not differentiate through the sampling).
 
     >>> TrainConfig(method="rkl").gkd_params()["beta"]
     1.0
@@ -33,17 +43,27 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from core.config import load_config_file
 from core.errors import InputError
 
-Method = Literal["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "distill"]
+Method = Literal["sft", "kd", "rkl", "jsd", "seqkd", "gkd", "onpolicy", "distill"]
 
-WHITE_BOX_METHODS = ("kd", "rkl", "jsd", "seqkd", "gkd")
+WHITE_BOX_METHODS = ("kd", "rkl", "jsd", "seqkd", "gkd", "onpolicy")
 
 # (lmbda, beta, seq_kd) per white-box method: the survey's names for GKD's three knobs.
 PRESETS: dict[str, dict[str, Any]] = {
+    # Supervised (off-policy) KD on the dataset's responses; beta picks the divergence.
     "kd": {"lmbda": 0.0, "beta": 0.0, "seq_kd": False},
+    # Reverse KL on the dataset's sequences (off-policy), not MiniLLM: see the module docstring.
     "rkl": {"lmbda": 0.0, "beta": 1.0, "seq_kd": False},
     "jsd": {"lmbda": 0.0, "beta": 0.5, "seq_kd": False},
+    # Kim & Rush's sequence-level KD: the teacher samples the sequences (TRL: forward KL on them).
     "seqkd": {"lmbda": 0.0, "beta": 0.0, "seq_kd": True},
+    # A 50/50 mix, not on-policy training: each step is on student samples with probability 0.5.
     "gkd": {"lmbda": 0.5, "beta": 0.5, "seq_kd": False},
+    # GKD's on-policy setting (lmbda 1: student samples at every step). beta 1 = reverse KL: the
+    # paper finds the best divergence task-dependent, with the mode-seeking end (reverse KL,
+    # JSD 0.9) ahead on student-generated data, and uses on-policy reverse KL for task-agnostic
+    # distillation (instruction tuning), the setting closest to ours. TRL's DistillationTrainer,
+    # which TRL names as the successor for lmbda 1, defaults to beta 1 too. Tune beta per task.
+    "onpolicy": {"lmbda": 1.0, "beta": 1.0, "seq_kd": False},
 }
 
 # Teacher ids that name a remote model: fine for SFT on its data, useless for white-box KD.
@@ -79,7 +99,9 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    method: Method = Field("sft", description="sft | kd | rkl | jsd | seqkd | gkd | distill (table above).")
+    method: Method = Field(
+        "sft", description="sft | kd | rkl | jsd | seqkd | gkd | onpolicy | distill (table above)."
+    )
     student: str = Field(
         "prune",
         description="Student model: a local HF folder, 'prune' (the teacher with layers removed) "
@@ -103,7 +125,9 @@ class TrainConfig(BaseModel):
         "that generated the data (refused otherwise, so a default never silently distils the wrong model).",
     )
     lmbda: float | None = Field(
-        None, ge=0.0, le=1.0, description="Fraction of steps on student-generated (on-policy) data; preset if None."
+        None, ge=0.0, le=1.0,
+        description="Probability that a training step (one micro-batch) uses student-sampled (on-policy) "
+        "sequences instead of the dataset's (or the teacher's, with seq_kd); preset if None.",
     )
     beta: float | None = Field(
         None, ge=0.0, le=1.0, description="JSD interpolation: 0 forward KL, 1 reverse KL; preset if None."
@@ -113,9 +137,10 @@ class TrainConfig(BaseModel):
         description="Sampling temperature for on-policy / seq-KD generation (TRL's GKD loss itself uses 1).",
     )
     max_new_tokens: int = Field(64, ge=1, description="Tokens sampled per on-policy / seq-KD completion.")
-    alpha: float = Field(
+    label_weight: float = Field(
         0.5, ge=0.0, le=1.0,
-        description="distill only: weight of the 'explain' (rationale) loss; the label loss gets 1 - alpha.",
+        description="distill only: weight of the 'predict' (label) task's loss; the 'explain' (rationale) "
+        "task's gets 1 - label_weight. The reference code's alpha; 0.5 weighs both tasks equally.",
     )
     epochs: float = Field(1.0, gt=0.0, description="Passes over the training split (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -138,6 +163,17 @@ class TrainConfig(BaseModel):
     name: str | None = Field(None, description="Run name recorded in training_runs (default: method + dataset).")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation settings.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_alpha(cls, data: Any) -> Any:
+        # An old config's alpha weighted the rationale: refuse it rather than read it the other way round.
+        if isinstance(data, dict) and "alpha" in data:
+            raise ValueError(
+                "'alpha' was renamed 'label_weight' and now weights the label ('predict') loss, as in the "
+                "reference code; the old alpha weighted the rationale: set label_weight to 1 - alpha"
+            )
+        return data
+
     @model_validator(mode="after")
     def _reject_contradictions(self) -> "TrainConfig":
         white_box = self.method in WHITE_BOX_METHODS
@@ -155,6 +191,8 @@ class TrainConfig(BaseModel):
             raise ValueError(f"lmbda/beta only apply to the white-box methods {WHITE_BOX_METHODS}, not {self.method!r}")
         if self.method == "seqkd" and self.lmbda not in (None, 0.0):
             raise ValueError("seqkd trains on teacher-sampled sequences only; lmbda must be 0 (or use 'gkd')")
+        if self.method == "onpolicy" and self.lmbda not in (None, 1.0):
+            raise ValueError("onpolicy trains on student-sampled sequences only; lmbda must be 1 (or use 'gkd')")
         if self.packing and self.method != "sft":
             raise ValueError(f"packing is supported for 'sft' only, not {self.method!r}")
         if isinstance(self.keep_layers, float) and not 0.0 < self.keep_layers < 1.0:
@@ -189,7 +227,7 @@ class TrainConfig(BaseModel):
         if self.white_box:
             return self.gkd_params()
         if self.method == "distill":
-            return {"alpha": self.alpha}
+            return {"label_weight": self.label_weight}
         return {"packing": self.packing}
 
     @classmethod

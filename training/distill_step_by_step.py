@@ -6,13 +6,26 @@ Every rationale row (instruction, input, rationale, label) becomes two examples:
     "predict: <task>"  ->  <label>
     "explain: <task>"  ->  <rationale>
 
-and the loss is ``(1 - alpha) * L_predict + alpha * L_explain`` (alpha = 0.5 weighs both
-tasks equally, the paper's setting up to scale). At inference the student is prompted with
-"predict: " and answers directly, without generating the rationale.
+and the loss is ``label_weight * L_predict + (1 - label_weight) * L_explain``: the reference
+code's ``alpha * L_label + (1 - alpha) * L_rationale`` (google-research/distilling-step-by-step,
+``model_utils.py`` ``TaskPrefixTrainer.compute_loss``; ``--alpha 0.5``, its recommended
+value, is our default). At inference the student is prompted with "predict: " and answers
+directly, without generating the rationale.
+
+Both tasks' losses are averaged *per task* before weighting (the mean token loss of each
+example, then the mean over the batch's predict examples and over its explain examples), so
+the weights hold in every batch whatever its mix of tasks. The reference gets the same by
+putting both tasks of a row into every batch; here the two examples of a row are shuffled
+independently, so a batch may hold one task only: its loss is then that task's weighted
+mean alone (``label_weight * mean L_predict``, or the explain term), which gives that task
+the same weight per batch as in a mixed batch, and never trains a task weighted 0.
+One difference from the reference remains: its per-task loss is T5's token mean over all of
+the task's tokens in the batch; ours is the mean of per-example token means, so a long
+rationale counts as much as a short one.
 
 The layer over TRL is thin: SFTTrainer prepares both tasks as conversational
-prompt/completion examples (completion-only loss); a ``task_weight`` column rides along,
-and ``compute_loss`` takes the per-example mean token loss and weights it.
+prompt/completion examples (completion-only loss); a ``task`` column rides along to
+``compute_loss``, which averages and weights per task.
 """
 
 from __future__ import annotations
@@ -32,8 +45,8 @@ PREDICT = "predict: "
 EXPLAIN = "explain: "
 
 
-def step_by_step_dataset(rows: Any, alpha: float):
-    """Two prompt/completion examples per row, with weights (1 - alpha) and alpha."""
+def step_by_step_dataset(rows: Any):
+    """Two prompt/completion examples per row: task "predict" (-> label), then "explain" (-> rationale)."""
     from datasets import Dataset
 
     rows = as_rows(rows)
@@ -46,47 +59,49 @@ def step_by_step_dataset(rows: Any, alpha: float):
                 f"row {i} (sample {row.get('sample_id')}) has no {'label' if not label else 'rationale'}: "
                 "method 'distill' needs a rationale dataset (e.g. from the 'rationales' generator)"
             )
-        examples.append(_example(row, PREDICT, label, 1.0 - alpha))
-        examples.append(_example(row, EXPLAIN, rationale, alpha))
+        examples.append(_example(row, PREDICT, label))
+        examples.append(_example(row, EXPLAIN, rationale))
     return Dataset.from_list(examples)
 
 
-def _example(row: dict, prefix: str, target: str, weight: float) -> dict:
+def _example(row: dict, prefix: str, target: str) -> dict:
     return {
         "prompt": prompt_messages(row, prefix=prefix),
         "completion": [{"role": "assistant", "content": target}],
-        "task_weight": float(weight),
+        "task": prefix.removesuffix(": "),
     }
 
 
-class _WeightCollator:
-    """Wrap SFTTrainer's collator and pass the per-example ``task_weight`` through."""
+class _TaskCollator:
+    """Wrap SFTTrainer's collator and pass each example's task through as ``is_predict``."""
 
     def __init__(self, inner):
         self.inner = inner
 
     def __call__(self, examples):
-        batch = self.inner([{k: v for k, v in ex.items() if k != "task_weight"} for ex in examples])
-        batch["task_weight"] = torch.tensor([ex["task_weight"] for ex in examples], dtype=torch.float32)
+        batch = self.inner([{k: v for k, v in ex.items() if k != "task"} for ex in examples])
+        batch["is_predict"] = torch.tensor([ex["task"] == "predict" for ex in examples], dtype=torch.bool)
         return batch
 
 
 class DistillStepByStepTrainer(SFTTrainer):
-    """SFTTrainer whose loss weights each example by its task (predict vs explain)."""
+    """SFTTrainer whose loss is ``label_weight * mean L_predict + (1 - label_weight) * mean L_explain``
+    over the batch's examples of each task."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, label_weight: float, **kwargs):
         super().__init__(*args, **kwargs)
-        self.data_collator = _WeightCollator(self.data_collator)
+        self.label_weight = label_weight
+        self.data_collator = _TaskCollator(self.data_collator)
         # Our loss is a mean over examples, so the Trainer must divide it by the accumulation steps.
         self.loss_is_scaled_for_ga = False
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
-        if "task_weight" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "task_weight"]
+        if "task" not in self._signature_columns:
+            self._signature_columns = [*self._signature_columns, "task"]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        weights = inputs.pop("task_weight")
+        is_predict = inputs.pop("is_predict")
         labels = inputs.pop("labels")
         outputs = model(**inputs, use_cache=False)
         logits = outputs.logits[:, :-1, :].float()
@@ -96,9 +111,13 @@ class DistillStepByStepTrainer(SFTTrainer):
         ).view(targets.shape)
         mask = (targets != -100).float()
         per_example = (token_loss * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        # With as many predict as explain examples in a batch this is exactly
-        # (1 - alpha) * mean L_predict + alpha * mean L_explain.
-        loss = 2.0 * (weights.to(per_example.device) * per_example).mean()
+        is_predict = is_predict.to(per_example.device)
+        loss = per_example.new_zeros(())
+        # A task absent from this batch adds nothing; the other keeps its weight (module docstring).
+        if is_predict.any():
+            loss = loss + self.label_weight * per_example[is_predict].mean()
+        if not is_predict.all():
+            loss = loss + (1.0 - self.label_weight) * per_example[~is_predict].mean()
         return (loss, outputs) if return_outputs else loss
 
 
@@ -109,7 +128,8 @@ def build_distill_trainer(
     return DistillStepByStepTrainer(
         model=model,
         args=args,
-        train_dataset=step_by_step_dataset(rows, config.alpha),
+        train_dataset=step_by_step_dataset(rows),
+        label_weight=config.label_weight,
         processing_class=tokenizer,
         callbacks=callbacks,
     )

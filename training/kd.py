@@ -1,12 +1,15 @@
-"""White-box distillation presets (kd, rkl, jsd, seqkd, gkd) through TRL's GKDTrainer.
+"""White-box distillation presets (kd, rkl, jsd, seqkd, gkd, onpolicy) through TRL's GKDTrainer.
 
 GKD (Agarwal et al., 2024) is one loss with three knobs that cover the classic methods:
-``beta`` interpolates the generalized JSD between forward KL (0, Hinton-style KD on the
-dataset's responses) and reverse KL (1, MiniLLM-style mode seeking); ``lmbda`` is the
-probability that a step trains on sequences the *student* samples (on-policy); ``seq_kd``
-trains on sequences the *teacher* samples (Kim & Rush's sequence-level KD). The presets in
-``training.config.PRESETS`` name the combinations; this module only wires them into
-``trl.experimental.gkd.GKDConfig``.
+``beta`` interpolates the generalized JSD between forward KL (0, Hinton-style, mode
+covering) and reverse KL (1, mode seeking); ``lmbda`` is the probability that a step
+trains on sequences the *student* samples (on-policy; 1 = always, the paper's on-policy
+GKD, preset ``onpolicy``; 0.5 = the ``gkd`` preset's 50/50 mix); ``seq_kd`` makes the other
+steps train on sequences the *teacher* samples (Kim & Rush's sequence-level KD). With
+lmbda 0 the sequences are the dataset's: ``rkl`` is then reverse KL on fixed data, not
+MiniLLM, which optimizes reverse KL on the student's own samples with policy gradient.
+The presets in ``training.config.PRESETS`` name the combinations; this module only wires
+them into ``trl.experimental.gkd.GKDConfig``.
 
 The teacher runs in-process (its logits are needed at every position), so it must be a
 local HF folder with the student's tokenizer.

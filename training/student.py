@@ -179,7 +179,7 @@ def check_same_tokenizer(student: Any, teacher: Any) -> None:
     raise DistillError(
         f"student and teacher tokenizers differ (student vocab {len(s_vocab)}, teacher vocab {len(t_vocab)}; "
         f"{only_s} tokens only in the student, {only_t} only in the teacher, {moved} with different ids): "
-        "white-box KD (kd/rkl/jsd/seqkd/gkd) needs a shared tokenizer. Use a student pruned from the "
+        "white-box KD (kd/rkl/jsd/seqkd/gkd/onpolicy) needs a shared tokenizer. Use a student pruned from the "
         "teacher (student: prune), SFT on the teacher's data, or TRL's GOLD trainer "
         "(trl.experimental.gold) for cross-tokenizer distillation"
     )
