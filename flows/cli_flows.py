@@ -223,7 +223,7 @@ def curate(
 def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Pipeline YAML for the train settings."),
     dataset: Optional[str] = typer.Option(None, help="NAME or NAME@VERSION (default: curate.dataset, latest)."),
-    method: Optional[str] = typer.Option(None, help="sft | kd | rkl | jsd | seqkd | gkd | distill."),
+    method: Optional[str] = typer.Option(None, help="sft | kd | rkl | jsd | seqkd | gkd | onpolicy | distill."),
     max_steps: Optional[int] = typer.Option(None, help="Optimizer steps."),
     output_dir: Optional[str] = typer.Option(None, help="Checkpoint folder."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Train only."),

@@ -75,11 +75,24 @@ def test_presets_and_overrides():
     assert TrainConfig(method="distill").method_params() == {"label_weight": 0.5}
 
 
+def test_no_teacher_means_the_datas_teacher_and_rows_without_lineage_have_none():
+    from core.errors import TeacherError
+    from training.train import logit_teacher
+
+    config = TrainConfig(method="kd", student="/tmp/s")  # valid: the data's teacher, read at train time
+    assert config.teacher is None
+    with pytest.raises(TeacherError, match="needs the teacher's logits: the rows have no lineage"):
+        logit_teacher(config, None)
+    assert logit_teacher(config, {"m": "/w/m"}) == "/w/m"
+    with pytest.raises(TeacherError, match="several teachers"):
+        logit_teacher(config, {"a": "/w/a", "b": "/w/b"})
+    assert logit_teacher(TrainConfig(method="sft", student="/tmp/s"), None) is None
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
         ({"method": "kd", "teacher": "openai:gpt-4o-mini", "student": "/tmp/s"}, "API-only"),
-        ({"method": "kd", "teacher": None, "student": "/tmp/s"}, "needs a local teacher"),
         ({"method": "sft", "beta": 0.5}, "lmbda/beta only apply"),
         ({"method": "seqkd", "lmbda": 0.5}, "lmbda must be 0"),
         ({"method": "onpolicy", "lmbda": 0.5}, "lmbda must be 1"),
