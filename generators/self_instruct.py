@@ -8,7 +8,7 @@ The teacher bootstraps new tasks from a few human-written seed tasks:
    presence penalty 2, at most 1024 tokens, stopping at a blank line or item 16).
    A response cut off by the token limit is dropped whole.
 2. **Filter** each parsed item, in this order, recording why it was dropped:
-   3-150 words; no blacklisted word (image, graph, file, map, draw, plot, go to, ...; whole
+   4-150 words; no blacklisted word (image, graph, file, map, draw, plot, go to, ...; whole
    words, any case); does not start with "Write a program"; does not start with punctuation
    or a non-ASCII character; ROUGE-L <= 0.7 against every seed and every kept task.
    Accepted tasks join the pool at once, so later items in the same batch are compared
@@ -125,8 +125,10 @@ class SelfInstructConfig(BaseModel):
     max_tokens: int = Field(1024, ge=1, description="Token limit of a task-generation response (Alpaca: 3072).")
     stop: list[str] | None = Field(None, description="Stop sequences; None = the variant's own: a blank line "
                                    "and the item after the list (completion), the item after the list (chat).")
-    min_words: int = Field(3, ge=0, description="Drop instructions with fewer words ('too_short').")
-    max_words: int = Field(150, ge=1, description="Drop instructions with more words ('too_long').")
+    min_words: int = Field(4, ge=0, description="Fewest words a kept instruction has; shorter ones are dropped "
+                           "('too_short'). The reference drops 3 words or fewer, hence 4.")
+    max_words: int = Field(150, ge=1, description="Most words a kept instruction has; longer ones are dropped "
+                           "('too_long').")
     blacklist: list[str] = Field(default_factory=lambda: list(BLACKLIST), description="Drop instructions "
                                  "holding one of these words or phrases (whole words, any case; 'blacklisted_word').")
     rouge_threshold: float = Field(0.7, ge=0, le=1, description="Drop instructions whose ROUGE-L F1 (no "

@@ -376,3 +376,24 @@ async def test_runner_grows_the_pool_batch_by_batch_and_a_useless_teacher_adds_n
     runner = SelfInstructRunner(seeds(), no_instances(), run_name="t", batch_size=2)
     result = await drive(runner, useless, max_batches=4)
     assert runner.batches == 4 and runner.state.accepted == 0 and result.counts["dropped_too_short"] == 8
+
+
+# --------------------------------------------------------------------------- faithful to the reference code
+
+
+def test_length_filter_drops_three_words_like_the_reference():
+    # The reference (bootstrap_instructions.py and Alpaca's generate_instruction.py) drops
+    # an instruction of 3 words or fewer, and of more than 150.
+    for config in (no_instances(), SelfInstructConfig(method="alpaca")):
+        state = SelfInstructState.create(seeds(), config)
+        name, decision = check_instruction("Name three fruits.", config, state.novelty)
+        assert (name, decision.kept, decision.reason, decision.score) == ("self_instruct.length", False, "too_short", 3)
+        name, decision = check_instruction("Name three tropical fruits.", config, state.novelty)
+        assert name != "self_instruct.length"
+    # min_words is the fewest words a kept instruction has, as max_words is the most.
+    config = no_instances(min_words=5, max_words=6)
+    state = SelfInstructState.create(seeds(), config)
+    for n, reason in [(4, "too_short"), (5, None), (6, None), (7, "too_long")]:
+        text = "Name " + " ".join(["tropical"] * (n - 2)) + " fruits."
+        assert (check_instruction(text, config, state.novelty, add=False)[1].reason or None) == reason, n
+
