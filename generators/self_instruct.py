@@ -14,11 +14,12 @@ The teacher bootstraps new tasks from a few human-written seed tasks:
    Accepted tasks join the pool at once, so later items in the same batch are compared
    with them too.
 3. **Identify classification tasks** with a few-shot Yes/No prompt at temperature 0.
-4. **Generate instances**: output first for classification tasks (a class label, then an
-   input for it, so labels stay balanced), input first otherwise; drop instances whose
-   input equals the output, whose output is empty, or with a field ending in ":"; a task
-   whose instances give one input two different outputs is dropped whole; at most 5
-   instances per task.
+4. **Generate instances** (temperature 0, presence penalty 1.5, at most 300 tokens for a
+   classification task and 350 otherwise): output first for classification tasks (a
+   class label, then an input for it, so labels stay balanced), input first otherwise;
+   drop instances whose input equals the output, whose output is empty, or with a field
+   ending in ":"; a task whose instances give one input two different outputs is dropped
+   whole; at most 5 instances per task.
 
 The Alpaca variant (``method="alpaca"``) shows 3 seed tasks with their input and output
 and asks for a list of 20 tasks, each generated together with its input (``<noinput>``
@@ -138,7 +139,13 @@ class SelfInstructConfig(BaseModel):
     generate_instances: bool = Field(True, description="Generate input/output instances for each new task.")
     max_instances: int = Field(5, ge=1, description="Keep at most this many instances per task.")
     instance_temperature: float = Field(0.0, ge=0, le=2, description="Temperature for instance generation.")
-    instance_max_tokens: int = Field(350, ge=1, description="Token limit of an instance-generation response.")
+    instance_presence_penalty: float = Field(1.5, ge=-2, le=2, description="Presence penalty for instance "
+                                             "generation (the reference: 1.5).")
+    instance_max_tokens: int = Field(350, ge=1, description="Token limit of an instance-generation response "
+                                     "for a task that is not classification (input first).")
+    instance_max_tokens_classification: int = Field(
+        300, ge=1, description="Token limit of an instance-generation response for a classification task "
+        "(output first). The reference gives it 50 tokens less because its prompt is longer.")
 
     @model_validator(mode="before")
     @classmethod
@@ -554,13 +561,17 @@ async def _generate_instances(teacher: Teacher, accepted: list[_Accepted], tasks
     for acc in accepted:
         if acc.is_classification:
             template, stop = load_template("self_instruct_instances_output_first"), ["Task:"]
+            # The reference lowers the limit for a whole batch of 5 prompts when one of
+            # them is classification; a request here is one task, so the limit is per task.
+            max_tokens = config.instance_max_tokens_classification
         else:
             template, stop = (load_template("self_instruct_instances_input_first"),
                               [f"Example {config.max_instances + 1}", "Task:"])
+            max_tokens = config.instance_max_tokens
         requests.append(make_request(
             config.request_format, template.render(instruction=acc.text), system=config.system_prompt,
             tag="self_instruct.instances", temperature=config.instance_temperature,
-            max_tokens=config.instance_max_tokens, stop=stop))
+            presence_penalty=config.instance_presence_penalty or None, max_tokens=max_tokens, stop=stop))
         refs.append(template.ref)
     counts.inc("instance_requests", len(requests))
     completions = await teacher.agenerate(requests)

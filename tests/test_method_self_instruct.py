@@ -397,3 +397,23 @@ def test_length_filter_drops_three_words_like_the_reference():
         text = "Name " + " ".join(["tropical"] * (n - 2)) + " fruits."
         assert (check_instruction(text, config, state.novelty, add=False)[1].reason or None) == reason, n
 
+
+async def test_instance_requests_use_the_reference_sampling():
+    # generate_instances.py: temperature 0, presence penalty 1.5; max_tokens 300 for
+    # classification (output-first) prompts, 350 otherwise.
+    teacher = ScriptedTeacher(generating(
+        " Decide whether the number is prime or composite.\n10. Convert the distance from miles to kilometres.",
+        **{"self_instruct.classify": lambda r: "Yes" if "prime" in prompt_text(r).split("Task:")[-1] else "No",
+           "self_instruct.instances": "Output: 7"}))
+    config = SelfInstructConfig()
+    await aself_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
+                              rng=random.Random(0), batch_size=1)
+    calls = {prompt_text(r).split("Task:")[-1].strip(): r.params for r in teacher.calls
+             if r.tag == "self_instruct.instances"}
+    clf = calls["Decide whether the number is prime or composite."]
+    gen = calls["Convert the distance from miles to kilometres."]
+    assert (clf.temperature, clf.presence_penalty, clf.max_tokens) == (0.0, 1.5, 300)
+    assert (gen.temperature, gen.presence_penalty, gen.max_tokens) == (0.0, 1.5, 350)
+    custom = SelfInstructConfig(instance_presence_penalty=0, instance_max_tokens_classification=64)
+    assert (custom.instance_presence_penalty, custom.instance_max_tokens_classification) == (0, 64)
+
