@@ -121,7 +121,8 @@ def test_config_defaults_and_alpaca_variant():
         6, 2, 0.7, 0.5, 2.0, 1024)
     assert c.stop_sequences() == ["\n\n", "\n16", "16.", "16 ."]
     a = SelfInstructConfig(method="alpaca")
-    assert (a.num_seed_demos, a.list_length, a.temperature, a.max_tokens) == (3, 20, 1.0, 3072)
+    assert (a.num_seed_demos, a.list_length, a.temperature, a.max_tokens) == (3, 19, 1.0, 3072)
+    assert a.stop_sequences() == ["\n20.", "20. Instruction"]
     assert {"video", "audio", "music", "flowchart", "diagram", "image"} <= set(a.blacklist)
     assert SelfInstructConfig(method="alpaca", temperature=0.5).temperature == 0.5
     with pytest.raises(ValidationError):
@@ -417,3 +418,37 @@ async def test_instance_requests_use_the_reference_sampling():
     custom = SelfInstructConfig(instance_presence_penalty=0, instance_max_tokens_classification=64)
     assert (custom.instance_presence_penalty, custom.instance_max_tokens_classification) == (0, 64)
 
+
+def _cut_at_stops(text: str, stops) -> str:
+    """What a real backend returns: the text up to the first stop sequence."""
+    cut = min((i for i in (text.find(s) for s in stops or ()) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+@pytest.mark.parametrize("request_format", ["completion", "chat"])
+async def test_alpaca_list_stops_at_item_twenty_like_the_reference(request_format):
+    # generate_instruction.py: 3 demos, a prompt asking for "20" tasks, and stop=["\n20",
+    # "20.", "20."]: items 4-19, 16 new tasks a request. The teacher here writes on past it.
+    def block(i: int) -> str:
+        return (f"{i}. Instruction: Describe the {i}th tallest mountain on Earth.\n"
+                f"{i}. Input:\n<noinput>\n{i}. Output:\nIt is very tall.\n")
+
+    def script(req):
+        text = "\n###\n".join(block(i) for i in range(4, 23))
+        text = text[len("4. Instruction:"):] if req.kind == "completion" else text
+        return _cut_at_stops(text, req.params.stop)
+
+    teacher = ScriptedTeacher(script)
+    config = SelfInstructConfig(method="alpaca", request_format=request_format, rouge_threshold=1.0)
+    step = await aself_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
+                                     rng=random.Random(0), batch_size=1)
+    assert [i.text for i in step.instructions] == [
+        f"Describe the {i}th tallest mountain on Earth." for i in range(4, 20)]
+    prompt = prompt_text(teacher.calls[0])
+    assert "List of 20 tasks" in prompt
+    if request_format == "chat":
+        assert "from task 4 up to task 19" in prompt
+    # A backend that ignores the stop sequences still yields no task past 19.
+    raw = "\n###\n".join(block(i) for i in range(4, 23))
+    tasks, bad = parse_alpaca_tasks(raw, first=4, last=config.list_length, continuation=False, truncated=False)
+    assert len(tasks) == 16 and bad == 0
