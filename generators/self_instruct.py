@@ -120,11 +120,11 @@ class SelfInstructConfig(BaseModel):
     num_seed_demos: int = Field(6, ge=1, description="Seed tasks shown per prompt (Alpaca: 3).")
     num_machine_demos: int = Field(2, ge=0, description="Generated tasks shown per prompt, when the pool "
                                    "has them; seed tasks fill the gap while it is smaller (Alpaca: 0).")
-    list_length: int = Field(15, ge=2, description="Number of the last item of the numbered list: generation "
-                             "stops when item list_length + 1 begins, so a request asks for list_length minus "
-                             "the demos new tasks. Self-Instruct 15 (stop at '16': 7 new tasks); Alpaca 19 "
-                             "(stop at '20': 16 new tasks; its prompt announces a list of list_length + 1 = 20, "
-                             "as the reference's does).")
+    list_length: int = Field(15, ge=2, description="Number of the list's last item: generation stops when item "
+                             "list_length + 1 begins, so a request yields at most list_length minus the number of "
+                             "demos new tasks. Self-Instruct 15 (8 demos, stop at '16': 7 new tasks); Alpaca 19 "
+                             "(3 demos, stop at '20': 16 new tasks; like the reference's, its prompt announces a "
+                             "list of list_length + 1 = 20).")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for task generation (Alpaca: 1.0).")
     top_p: float = Field(0.5, gt=0, le=1, description="Nucleus mass for task generation (Alpaca: 1.0).")
     presence_penalty: float = Field(2.0, ge=-2, le=2, description="Presence penalty for task generation (Alpaca: 0).")
