@@ -8,22 +8,25 @@ The teacher bootstraps new tasks from a few human-written seed tasks:
    presence penalty 2, at most 1024 tokens, stopping at a blank line or item 16).
    A response cut off by the token limit is dropped whole.
 2. **Filter** each parsed item, in this order, recording why it was dropped:
-   3-150 words; no blacklisted word (image, graph, file, map, draw, plot, go to, ...; whole
+   4-150 words; no blacklisted word (image, graph, file, map, draw, plot, go to, ...; whole
    words, any case); does not start with "Write a program"; does not start with punctuation
    or a non-ASCII character; ROUGE-L <= 0.7 against every seed and every kept task.
    Accepted tasks join the pool at once, so later items in the same batch are compared
    with them too.
 3. **Identify classification tasks** with a few-shot Yes/No prompt at temperature 0.
-4. **Generate instances**: output first for classification tasks (a class label, then an
-   input for it, so labels stay balanced), input first otherwise; drop instances whose
-   input equals the output, whose output is empty, or with a field ending in ":"; a task
-   whose instances give one input two different outputs is dropped whole; at most 5
-   instances per task.
+4. **Generate instances** (temperature 0, presence penalty 1.5, at most 300 tokens for a
+   classification task and 350 otherwise): output first for classification tasks (a
+   class label, then an input for it, so labels stay balanced), input first otherwise;
+   drop instances whose input equals the output, whose output is empty, or with a field
+   ending in ":"; a task whose instances give one input two different outputs is dropped
+   whole; at most 5 instances per task.
 
 The Alpaca variant (``method="alpaca"``) shows 3 seed tasks with their input and output
-and asks for a list of 20 tasks, each generated together with its input (``<noinput>``
-when there is none) and output, so no instance step; its blacklist adds video, audio,
-music, flowchart and diagram, and a response cut off by length loses only its last task.
+in a prompt that asks for a list of 20 tasks, and stops the teacher when item 20 begins,
+as the reference does: 16 new tasks a request (items 4-19), each generated together with
+its input (``<noinput>`` when there is none) and output, so no instance step; its
+blacklist adds video, audio, music, flowchart and diagram, and a response cut off by
+length loses only its last task.
 
 Self-Instruct was designed for base models continuing a text (``request_format=
 "completion"``, the default); ``request_format="chat"`` sends the list as a chat message
@@ -94,7 +97,7 @@ NOINPUT = "<noinput>"
 _VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
     "self_instruct": {},  # the field defaults below
     "alpaca": {
-        "num_seed_demos": 3, "num_machine_demos": 0, "list_length": 20, "temperature": 1.0, "top_p": 1.0,
+        "num_seed_demos": 3, "num_machine_demos": 0, "list_length": 19, "temperature": 1.0, "top_p": 1.0,
         "presence_penalty": 0.0, "max_tokens": 3072, "blacklist": BLACKLIST + ALPACA_EXTRA_BLACKLIST,
     },
 }
@@ -102,7 +105,7 @@ _VARIANT_DEFAULTS: dict[str, dict[str, Any]] = {
 
 class SelfInstructConfig(BaseModel):
     """Knobs of Self-Instruct. Defaults are the paper's; ``method='alpaca'`` switches every
-    field you do not set to Alpaca's values (3 seed demos, list of 20, temperature 1.0,
+    field you do not set to Alpaca's values (3 seed demos, list to item 19, temperature 1.0,
     top_p 1.0, no presence penalty, 3072 tokens, extended blacklist)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -117,16 +120,21 @@ class SelfInstructConfig(BaseModel):
     num_seed_demos: int = Field(6, ge=1, description="Seed tasks shown per prompt (Alpaca: 3).")
     num_machine_demos: int = Field(2, ge=0, description="Generated tasks shown per prompt, when the pool "
                                    "has them; seed tasks fill the gap while it is smaller (Alpaca: 0).")
-    list_length: int = Field(15, ge=2, description="Length of the numbered list: generation stops at item "
-                             "list_length + 1 (Self-Instruct 15, i.e. stop at '16.'; Alpaca 20).")
+    list_length: int = Field(15, ge=2, description="Number of the list's last item: generation stops when item "
+                             "list_length + 1 begins, so a request yields at most list_length minus the number of "
+                             "demos new tasks. Self-Instruct 15 (8 demos, stop at '16': 7 new tasks); Alpaca 19 "
+                             "(3 demos, stop at '20': 16 new tasks; like the reference's, its prompt announces a "
+                             "list of list_length + 1 = 20).")
     temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature for task generation (Alpaca: 1.0).")
     top_p: float = Field(0.5, gt=0, le=1, description="Nucleus mass for task generation (Alpaca: 1.0).")
     presence_penalty: float = Field(2.0, ge=-2, le=2, description="Presence penalty for task generation (Alpaca: 0).")
     max_tokens: int = Field(1024, ge=1, description="Token limit of a task-generation response (Alpaca: 3072).")
     stop: list[str] | None = Field(None, description="Stop sequences; None = the variant's own: a blank line "
                                    "and the item after the list (completion), the item after the list (chat).")
-    min_words: int = Field(3, ge=0, description="Drop instructions with fewer words ('too_short').")
-    max_words: int = Field(150, ge=1, description="Drop instructions with more words ('too_long').")
+    min_words: int = Field(4, ge=0, description="Fewest words a kept instruction has; shorter ones are dropped "
+                           "('too_short'). The reference drops 3 words or fewer, hence 4.")
+    max_words: int = Field(150, ge=1, description="Most words a kept instruction has; longer ones are dropped "
+                           "('too_long').")
     blacklist: list[str] = Field(default_factory=lambda: list(BLACKLIST), description="Drop instructions "
                                  "holding one of these words or phrases (whole words, any case; 'blacklisted_word').")
     rouge_threshold: float = Field(0.7, ge=0, le=1, description="Drop instructions whose ROUGE-L F1 (no "
@@ -136,7 +144,13 @@ class SelfInstructConfig(BaseModel):
     generate_instances: bool = Field(True, description="Generate input/output instances for each new task.")
     max_instances: int = Field(5, ge=1, description="Keep at most this many instances per task.")
     instance_temperature: float = Field(0.0, ge=0, le=2, description="Temperature for instance generation.")
-    instance_max_tokens: int = Field(350, ge=1, description="Token limit of an instance-generation response.")
+    instance_presence_penalty: float = Field(1.5, ge=-2, le=2, description="Presence penalty for instance "
+                                             "generation (the reference: 1.5).")
+    instance_max_tokens: int = Field(350, ge=1, description="Token limit of an instance-generation response "
+                                     "for a task that is not classification (input first).")
+    instance_max_tokens_classification: int = Field(
+        300, ge=1, description="Token limit of an instance-generation response for a classification task "
+        "(output first). The reference gives it 50 tokens less because its prompt is longer.")
 
     @model_validator(mode="before")
     @classmethod
@@ -159,7 +173,10 @@ class SelfInstructConfig(BaseModel):
         if self.stop is not None:
             return list(self.stop)
         after = self.list_length + 1
-        if self.method == "alpaca":  # inputs/outputs may hold blank lines: no blank-line stop
+        if self.method == "alpaca":
+            # Inputs/outputs may hold blank lines: no blank-line stop. The reference stops at
+            # "\n20" and "20."; anchored to an item's start here, so that an output saying
+            # "in 2020." or "$20." is not cut off (with the rest of the list).
             return [f"\n{after}.", f"{after}. Instruction"]
         if self.request_format == "completion":
             return ["\n\n", f"\n{after}", f"{after}.", f"{after} ."]
@@ -266,7 +283,10 @@ def render_prompt(demos: Sequence[_Demo], config: SelfInstructConfig) -> tuple[s
             f"{i}. Output:\n{d.output.strip()}"
             for i, d in enumerate(demos, 1)
         ]
-        text = template.render(demos="\n".join(blocks), next=nxt, num_tasks=config.list_length)
+        # The reference's prompt announces a list of 20 while its stop sequence ends the
+        # list when item 20 begins; both numbers are kept, for its 16 new tasks a request.
+        text = template.render(demos="\n".join(blocks), next=nxt, num_tasks=config.list_length + 1,
+                               last=config.list_length)
     else:
         template = load_template("self_instruct_generate_chat" if chat else "self_instruct_generate")
         lines = [f"{i}. {_clean(d.instruction)}" for i, d in enumerate(demos, 1)]
@@ -308,10 +328,11 @@ _ALPACA_TASK = re.compile(
     r"^\s*(\d+)\s*\.\s*Instruction\s*:(.*?)\n\s*\1\s*\.\s*Input\s*:(.*?)\n\s*\1\s*\.\s*Output\s*:(.*)$", re.S)
 
 
-def parse_alpaca_tasks(text: str, *, first: int, continuation: bool,
-                       truncated: bool) -> tuple[list[tuple[str, str, str]], int]:
+def parse_alpaca_tasks(text: str, *, first: int, continuation: bool, truncated: bool,
+                       last: int | None = None) -> tuple[list[tuple[str, str, str]], int]:
     """(instruction, input, output) triples of an Alpaca response, and how many blocks did
-    not parse. A cut-off response loses its last block (Alpaca drops only that one)."""
+    not parse. A cut-off response loses its last block (Alpaca drops only that one).
+    Tasks numbered above ``last`` are dropped (in case the backend ignored the stop sequence)."""
     raw = f"{first}. Instruction:{text}" if continuation else text
     blocks = [b for b in raw.split("###") if b.strip()]
     if truncated and blocks:
@@ -322,6 +343,8 @@ def parse_alpaca_tasks(text: str, *, first: int, continuation: bool,
         if not m:
             bad += 1
             continue
+        if last is not None and int(m.group(1)) > last:
+            break
         instruction = re.sub(r"\s+", " ", m.group(2)).strip()
         inp = m.group(3).strip()
         inp = "" if inp.lower() == NOINPUT else inp
@@ -456,7 +479,8 @@ async def aself_instruct_step(teacher: Teacher, state: SelfInstructState, config
             counts.inc("failed")
             continue
         if config.method == "alpaca":
-            items, bad = parse_alpaca_tasks(done.text, first=first, continuation=not chat, truncated=done.truncated)
+            items, bad = parse_alpaca_tasks(done.text, first=first, continuation=not chat, truncated=done.truncated,
+                                            last=config.list_length)
             counts.inc("unparseable_items", bad)
             if done.truncated:
                 counts.inc("truncated")
@@ -552,13 +576,17 @@ async def _generate_instances(teacher: Teacher, accepted: list[_Accepted], tasks
     for acc in accepted:
         if acc.is_classification:
             template, stop = load_template("self_instruct_instances_output_first"), ["Task:"]
+            # The reference lowers the limit for a whole batch of 5 prompts when one of
+            # them is classification; a request here is one task, so the limit is per task.
+            max_tokens = config.instance_max_tokens_classification
         else:
             template, stop = (load_template("self_instruct_instances_input_first"),
                               [f"Example {config.max_instances + 1}", "Task:"])
+            max_tokens = config.instance_max_tokens
         requests.append(make_request(
             config.request_format, template.render(instruction=acc.text), system=config.system_prompt,
             tag="self_instruct.instances", temperature=config.instance_temperature,
-            max_tokens=config.instance_max_tokens, stop=stop))
+            presence_penalty=config.instance_presence_penalty or None, max_tokens=max_tokens, stop=stop))
         refs.append(template.ref)
     counts.inc("instance_requests", len(requests))
     completions = await teacher.agenerate(requests)

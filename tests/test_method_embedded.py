@@ -51,7 +51,8 @@ def well_formed(records, model: str) -> None:
 async def test_self_instruct_embedded(teacher):
     seeds = load_seed_tasks()
     for fmt in ("chat", "completion"):
-        config = SelfInstructConfig(request_format=fmt, max_tokens=48, instance_max_tokens=32)
+        config = SelfInstructConfig(request_format=fmt, max_tokens=48, instance_max_tokens=32,
+                                    instance_max_tokens_classification=32)
         state = SelfInstructState.create(seeds, config)
         step = await aself_instruct_step(teacher, state, config, rng=random.Random(0), batch_size=1)
         assert step.counts["requests"] == 1

@@ -121,7 +121,8 @@ def test_config_defaults_and_alpaca_variant():
         6, 2, 0.7, 0.5, 2.0, 1024)
     assert c.stop_sequences() == ["\n\n", "\n16", "16.", "16 ."]
     a = SelfInstructConfig(method="alpaca")
-    assert (a.num_seed_demos, a.list_length, a.temperature, a.max_tokens) == (3, 20, 1.0, 3072)
+    assert (a.num_seed_demos, a.list_length, a.temperature, a.max_tokens) == (3, 19, 1.0, 3072)
+    assert a.stop_sequences() == ["\n20.", "20. Instruction"]
     assert {"video", "audio", "music", "flowchart", "diagram", "image"} <= set(a.blacklist)
     assert SelfInstructConfig(method="alpaca", temperature=0.5).temperature == 0.5
     with pytest.raises(ValidationError):
@@ -376,3 +377,78 @@ async def test_runner_grows_the_pool_batch_by_batch_and_a_useless_teacher_adds_n
     runner = SelfInstructRunner(seeds(), no_instances(), run_name="t", batch_size=2)
     result = await drive(runner, useless, max_batches=4)
     assert runner.batches == 4 and runner.state.accepted == 0 and result.counts["dropped_too_short"] == 8
+
+
+# --------------------------------------------------------------------------- faithful to the reference code
+
+
+def test_length_filter_drops_three_words_like_the_reference():
+    # The reference (bootstrap_instructions.py and Alpaca's generate_instruction.py) drops
+    # an instruction of 3 words or fewer, and of more than 150.
+    for config in (no_instances(), SelfInstructConfig(method="alpaca")):
+        state = SelfInstructState.create(seeds(), config)
+        name, decision = check_instruction("Name three fruits.", config, state.novelty)
+        assert (name, decision.kept, decision.reason, decision.score) == ("self_instruct.length", False, "too_short", 3)
+        name, decision = check_instruction("Name three tropical fruits.", config, state.novelty)
+        assert name != "self_instruct.length"
+    # min_words is the fewest words a kept instruction has, as max_words is the most.
+    config = no_instances(min_words=5, max_words=6)
+    state = SelfInstructState.create(seeds(), config)
+    for n, reason in [(4, "too_short"), (5, None), (6, None), (7, "too_long")]:
+        text = "Name " + " ".join(["tropical"] * (n - 2)) + " fruits."
+        assert (check_instruction(text, config, state.novelty, add=False)[1].reason or None) == reason, n
+
+
+async def test_instance_requests_use_the_reference_sampling():
+    # generate_instances.py: temperature 0, presence penalty 1.5; max_tokens 300 for
+    # classification (output-first) prompts, 350 otherwise.
+    teacher = ScriptedTeacher(generating(
+        " Decide whether the number is prime or composite.\n10. Convert the distance from miles to kilometres.",
+        **{"self_instruct.classify": lambda r: "Yes" if "prime" in prompt_text(r).split("Task:")[-1] else "No",
+           "self_instruct.instances": "Output: 7"}))
+    config = SelfInstructConfig()
+    await aself_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
+                              rng=random.Random(0), batch_size=1)
+    calls = {prompt_text(r).split("Task:")[-1].strip(): r.params for r in teacher.calls
+             if r.tag == "self_instruct.instances"}
+    clf = calls["Decide whether the number is prime or composite."]
+    gen = calls["Convert the distance from miles to kilometres."]
+    assert (clf.temperature, clf.presence_penalty, clf.max_tokens) == (0.0, 1.5, 300)
+    assert (gen.temperature, gen.presence_penalty, gen.max_tokens) == (0.0, 1.5, 350)
+    custom = SelfInstructConfig(instance_presence_penalty=0, instance_max_tokens_classification=64)
+    assert (custom.instance_presence_penalty, custom.instance_max_tokens_classification) == (0, 64)
+
+
+def _cut_at_stops(text: str, stops) -> str:
+    """What a real backend returns: the text up to the first stop sequence."""
+    cut = min((i for i in (text.find(s) for s in stops or ()) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+@pytest.mark.parametrize("request_format", ["completion", "chat"])
+async def test_alpaca_list_stops_at_item_twenty_like_the_reference(request_format):
+    # generate_instruction.py: 3 demos, a prompt asking for "20" tasks, and stop=["\n20",
+    # "20.", "20."]: items 4-19, 16 new tasks a request. The teacher here writes on past it.
+    def block(i: int) -> str:
+        return (f"{i}. Instruction: Describe the {i}th tallest mountain on Earth.\n"
+                f"{i}. Input:\n<noinput>\n{i}. Output:\nIt is very tall.\n")
+
+    def script(req):
+        text = "\n###\n".join(block(i) for i in range(4, 23))
+        text = text[len("4. Instruction:"):] if req.kind == "completion" else text
+        return _cut_at_stops(text, req.params.stop)
+
+    teacher = ScriptedTeacher(script)
+    config = SelfInstructConfig(method="alpaca", request_format=request_format, rouge_threshold=1.0)
+    step = await aself_instruct_step(teacher, SelfInstructState.create(seeds(), config), config,
+                                     rng=random.Random(0), batch_size=1)
+    assert [i.text for i in step.instructions] == [
+        f"Describe the {i}th tallest mountain on Earth." for i in range(4, 20)]
+    prompt = prompt_text(teacher.calls[0])
+    assert "List of 20 tasks" in prompt
+    if request_format == "chat":
+        assert "from task 4 up to task 19" in prompt
+    # A backend that ignores the stop sequences still yields no task past 19.
+    raw = "\n###\n".join(block(i) for i in range(4, 23))
+    tasks, bad = parse_alpaca_tasks(raw, first=4, last=config.list_length, continuation=False, truncated=False)
+    assert len(tasks) == 16 and bad == 0

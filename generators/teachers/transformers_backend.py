@@ -10,9 +10,10 @@ sorted by prompt length so a batch carries little padding, left-padded, and gene
 batches that fit memory. Sampling follows the OpenAI API: temperature 0 is greedy, an
 unset temperature means 1.0, ``top_p`` is nucleus sampling (no top-k cut), ``stop``
 strings end a sequence and are cut from its text, ``seed`` seeds torch before the batch
-(same seed, same batch -> same text). ``logprobs=k`` returns the model's own log-probs
-(before temperature/top-p) of each generated token and its top k alternatives.
-Presence/frequency penalties have no transformers equivalent and are ignored.
+(same seed, same batch -> same text), ``presence_penalty`` and ``frequency_penalty``
+lower the logits of tokens already generated as the API does (``penalties.py``).
+``logprobs=k`` returns the model's own log-probs (before penalties, temperature and
+top-p) of each generated token and its top k alternatives.
 
 Generation runs in a worker thread (``asyncio.to_thread``), one batch at a time, so the
 event loop stays free; results are yielded per batch, so the ledger records them as
@@ -181,6 +182,15 @@ class TransformersTeacher(Teacher):
             kwargs.update(do_sample=True, temperature=temperature, top_p=params.top_p or 1.0, top_k=0)
         if params.stop:
             kwargs.update(stop_strings=list(params.stop), tokenizer=tok)
+        if params.presence_penalty or params.frequency_penalty:
+            from transformers import LogitsProcessorList
+
+            from generators.teachers.penalties import OpenAIPenalties
+
+            # Left padding: every row's prompt ends at the same column, where generation starts.
+            penalties = OpenAIPenalties(enc["input_ids"].shape[1], presence=params.presence_penalty or 0.0,
+                                        frequency=params.frequency_penalty or 0.0)
+            kwargs.update(logits_processor=LogitsProcessorList([penalties]))
         with self._run_lock, torch.inference_mode():
             if params.seed is not None:
                 torch.manual_seed(params.seed)
