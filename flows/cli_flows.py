@@ -118,7 +118,7 @@ def _summary_table(title: str, summary: dict[str, Any], keys: list[str]) -> Tabl
     return table
 
 
-GENERATE_KEYS = ["status", "target", "kept", "requested", "sent", "cached", "failed", "samples",
+GENERATE_KEYS = ["status", "target", "kept", "requested", "sent", "cached", "failed", "retried", "lost", "samples",
                  "duplicates_of_other_runs", "dropped", "requests_used", "request_budget", "tokens_used",
                  "elapsed_s", "message"]
 CURATE_KEYS = ["dataset", "version", "rows", "train", "eval", "new_rows", "candidates", "judged", "kept", "dropped",

@@ -286,6 +286,10 @@ async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], lo
         "samples": int(totals.get("samples", 0)),
         "duplicates_of_other_runs": int(totals.get("duplicate_of_other_runs", 0)),
         "dropped": {k.removeprefix("dropped_"): int(v) for k, v in sorted(totals.items()) if k.startswith("dropped_")},
+        # Answers the run asked for and did not get, after the method's own retries, by why.
+        "lost": {reason: int(totals[key]) for reason, key in (("failed", "failed"), ("empty", "empty"),
+                                                              ("truncated", "dropped_truncated")) if totals[key]},
+        "retried": int(totals.get("retries", 0)),
         "requests_used": requests_used(),
         "request_budget": cap,
         "tokens_used": prior_tokens + ctx.teacher.tokens,

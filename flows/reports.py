@@ -45,6 +45,8 @@ def generate_counts(s: Mapping[str, Any]) -> dict[str, Any]:
               "served from ledger": s["cached"], "failed": s["failed"], "samples": s["samples"],
               "duplicates of other runs": s["duplicates_of_other_runs"], "kept": s["kept"]}
     counts.update({f"dropped by {k}": v for k, v in s["dropped"].items()})
+    counts.update({"asked again (empty or cut off)": s["retried"]})
+    counts.update({f"lost: {k}": v for k, v in s["lost"].items()})
     return counts
 
 
@@ -69,6 +71,9 @@ async def apublish_generate(store: Store, run_name: str, s: Mapping[str, Any]) -
     for row in data["requests"]:
         r.number(f"requests {row['status']}", row["n"], for_display(queries.RUN_REQUESTS, [run_id]))
     r.number("tokens used", s["tokens_used"], for_display(queries.RUN_SPENT, [run_id]))
+    r.number("answers asked again (empty or cut off)", s["retried"])
+    for reason, n in s["lost"].items():
+        r.number(f"answers lost: {reason}", n)
     if data["failures"]:
         r.heading("Failed requests, by reason").table(data["failures"], sql=for_display(queries.RUN_FAILURES, [run_id]))
     r.heading("Dropped, by filter and reason").table(data["drops"], sql=for_display(queries.RUN_DROPS, [run_id]))

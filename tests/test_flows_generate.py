@@ -272,3 +272,59 @@ def test_batches_finishing_during_a_commit_go_together_in_the_next_one(monkeypat
     assert results == [({"a"}, "outcome of a"), ({"b"}, "outcome of b"), ({"c"}, "outcome of c")]
     assert errors[0] == ({"x"}, "outcome of x")
     assert all(isinstance(e, RuntimeError) and "disk full" in str(e) for e in errors[1:])
+
+
+def test_empty_and_cut_off_answers_are_asked_again_within_the_run(tmp_path, fake_openai):
+    """Against a server that returns empty and cut-off answers, the run still reaches its
+    target: each is asked again (a new request, a new ledger key) and the summary says so."""
+    from generators.teachers.config import OpenAIConfig
+
+    n = 30
+    path = tmp_path / "faulty.jsonl"
+    lines = []
+    for i in range(n):
+        fault = "[[faults=empty]] " if i % 5 == 0 else "[[faults=length]] " if i % 7 == 0 else ""
+        lines.append(json.dumps({"instruction": f"{fault}Explain topic number {i} to a child."}))
+    path.write_text("\n".join(lines) + "\n")
+    teacher = OpenAIConfig(model="fake", base_url=fake_openai.url, max_retries=0, defaults={"temperature": 0.7})
+    cfg = GenerateConfig(method="responses", target=n, batch_size=10, instructions_file=str(path))
+    out = _run(run_name="faulty", teacher=teacher, generate=cfg, db=str(tmp_path / "f.duckdb"))
+    faulty = sum(1 for i in range(n) if i % 5 == 0 or i % 7 == 0)
+    assert out["status"] == "completed" and out["kept"] == n, out
+    assert out["retried"] == faulty and out["lost"] == {} and out["sent"] == n + faulty
+    keys = Store(str(tmp_path / "f.duckdb")).query("SELECT count(DISTINCT key) AS n FROM requests")[0]["n"]
+    assert keys == n + faulty  # every retry its own ledger row
+
+
+def test_greedy_answers_are_not_asked_again_and_the_loss_is_reported(tmp_path, fake_openai):
+    from generators.teachers.config import OpenAIConfig
+
+    path = tmp_path / "cut.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"[[faults=length]] Explain item {i}."}) + "\n" for i in range(4)))
+    teacher = OpenAIConfig(model="fake", base_url=fake_openai.url, max_retries=0, defaults={"temperature": 0})
+    cfg = GenerateConfig(method="responses", target=4, batch_size=4, instructions_file=str(path))
+    out = _run(run_name="greedy", teacher=teacher, generate=cfg, db=str(tmp_path / "g.duckdb"))
+    assert out["kept"] == 0 and out["retried"] == 0 and out["lost"] == {"truncated": 4} and out["sent"] == 4
+
+
+def test_rationales_without_gold_sample_four_answers_and_keep_the_majority(tmp_path, monkeypatch):
+    """No label: the flow samples D = 4 reasoning paths per question by default (at 0.7) and
+    keeps the ones agreeing with the majority answer."""
+    seen = []
+
+    def script(request):
+        seen.append((request.sample_index, request.params.temperature))
+        answer = "13" if request.sample_index == 3 else "12"
+        return f"Five plus seven makes twelve. So the answer is {answer}."
+
+    _patched_teacher(monkeypatch, script)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "Ava has 5 apples and picks 7 more. How many?"}) + "\n")
+    cfg = GenerateConfig(method="rationales", target=10, batch_size=4, instructions_file=str(questions))
+    out = _run(run_name="vote", teacher=ScriptedConfig(), generate=cfg, db=str(tmp_path / "v.duckdb"))
+    assert sorted(seen) == [(0, 0.7), (1, 0.7), (2, 0.7), (3, 0.7)]
+    rows = Store(str(tmp_path / "v.duckdb")).query(
+        "SELECT response, label, json_extract_string(metadata, '$.label_source') AS source FROM samples "
+        "WHERE method = 'rationales'")
+    assert rows == [{"response": "12", "label": "12", "source": "majority"}]  # three answers, one sample
+    assert out["dropped"] == {"not_majority": 1}
