@@ -39,7 +39,7 @@ class _Section(BaseModel):
 
 
 def _check_name(value: str, what: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.match(value.replace("{scheduled}", "x")):
         raise ValueError(
             f"{what} {value!r} must be 1-100 characters of letters, digits, '_', '.', '-' "
             "and start with a letter or digit"
@@ -77,6 +77,12 @@ class GenerateConfig(_Section):
     token_budget: int | None = Field(
         None, ge=1,
         description="Most teacher tokens (prompt + completion) this run may spend; None = no limit.",
+    )
+    max_failure_rate: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="A run that stops short of its target with more than this share of the requests it sent "
+        "failed (or with nothing kept and failures) ends Failed, naming the teacher's errors; re-running it "
+        "resumes once the teacher is back. A run that reaches its target never fails for failures.",
     )
     instructions_file: str | None = Field(
         None,
@@ -251,7 +257,8 @@ class PipelineConfig(_Section):
     run_name: str = Field(
         "default",
         description="Name of this run. Re-running the same name resumes it: done requests are not "
-        "paid again and no row is stored twice.",
+        "paid again and no row is stored twice. '{scheduled}' in it becomes the flow run's scheduled "
+        "start (a deployment's 'nightly-{scheduled}': each scheduled run adds new data).",
     )
     db: str | None = Field(
         None, description="DuckDB file (default: $DISTILL_DB, else ./distillery.duckdb)."

@@ -45,7 +45,7 @@ from flows import queries, reports
 from flows.artifacts import Progress, artifact_key
 from flows.config import CurateConfig, CurateJudgeConfig, _without_secrets
 from flows.filtering import SampleFilters, SampleItem
-from flows.runs import recorded_run, run_id_for, run_sync
+from flows.runs import flow_run_name, recorded_run, resolve_run_name, run_id_for, run_sync
 from generators.judge import SingleItem, ajudge_single
 from generators.teachers.config import TeacherConfig, default_teacher
 from storage.datasets import create_dataset, export_dataset
@@ -147,7 +147,7 @@ def _judge(store: Store, run_id: str, run_name: str, only_run: str | None, confi
     return totals
 
 
-@flow(name="curate", flow_run_name="curate-{run_name}", log_prints=True)
+@flow(name="curate", flow_run_name=flow_run_name("curate"), log_prints=True)
 def curate_flow(
     run_name: str = "default",
     curate: CurateConfig = CurateConfig(),
@@ -158,7 +158,8 @@ def curate_flow(
     """Filter what is not judged yet, then freeze and export a new dataset version.
 
     Args:
-        run_name: name of this curation run (recorded in ``runs``).
+        run_name: name of this curation run (recorded in ``runs``); ``{scheduled}`` in it is
+            replaced by the flow run's scheduled start (see flows/runs.py).
         curate: filters, dataset name, split, export formats, event settings.
         db: DuckDB file (default $DISTILL_DB, else ./distillery.duckdb).
         generate_run: only consider samples of this generate run (by run name); with
@@ -167,6 +168,7 @@ def curate_flow(
             no teacher of its own (default: the embedded default teacher).
     """
     logger = get_run_logger()
+    run_name = resolve_run_name(run_name)
     store = Store(db)
     store.init()
     params = {"curate": curate.model_dump(mode="json"), "generate_run": generate_run}

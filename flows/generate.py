@@ -30,18 +30,19 @@ from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
 from core.embedded import model_folder
-from core.errors import InputError
+from core.errors import InputError, TeacherError
 from flows import queries, reports
 from flows.artifacts import Progress, artifact_key
 from flows.committer import Committer
 from flows.config import GenerateConfig
 from flows.filtering import SampleFilters, SampleItem
-from flows.runs import RecordedRun, freeze_startup_heap, recorded_run
+from flows.runs import RecordedRun, flow_run_name, freeze_startup_heap, recorded_run, resolve_run_name
 from generators.common import Batch, MethodResult, Runner
 from generators.teachers import build_teacher
 from generators.teachers.config import TeacherConfig, default_teacher
 from generators.teachers.ledger import LedgeredTeacher
-from storage.records import Instruction
+from generators.self_instruct import Pool
+from storage.records import Instruction, Sample
 from storage.seeds import DEFAULT_SEED_FILE, load_seed_tasks, parse_instructions_file, parse_seed_file
 from storage.store import Store
 
@@ -102,28 +103,45 @@ def ingest_seed_file(store: Store, path: str | None = None) -> int:
 
 
 def _instructions(store: Store, config: GenerateConfig, teacher_model: str, run_id: str) -> list[Instruction]:
-    """The stored instructions a method works on, in a stable order."""
+    """The stored instructions a method works on, in a stable order (the same on a resume).
+
+    Answering methods take the instructions this teacher has not answered in another run
+    (of the file or the SQL when given), so a scheduled run adds new samples; Evol-Instruct
+    evolves the given instructions, else what no other run evolved further yet."""
+    ids = None
     if config.instructions_file:
         items = parse_instructions_file(config.instructions_file)
         store.ingest(items)
-        return sorted(items, key=lambda i: i.id)
-    if config.instructions_sql:
+        ids = [i.id for i in items]
+    elif config.instructions_sql:
         ids = [r["id"] for r in store.query(config.instructions_sql)]
-        rows = store.query(queries.INSTRUCTIONS_BY_ID, [ids])
-    elif config.spec.works_on == "evolvable":
-        rows = store.query(queries.SEED_INSTRUCTIONS)
+    if config.spec.works_on == "evolvable":
+        rows = (store.query(queries.INSTRUCTIONS_BY_ID, [ids]) if ids is not None
+                else store.query(queries.EVOLVABLE, [run_id, run_id]))
     else:
-        rows = store.query(queries.UNANSWERED, [teacher_model, run_id])
+        rows = store.query(queries.UNANSWERED, [teacher_model, run_id, ids, ids])
     return [_instruction(r) for r in rows]
 
 
-def _instruction(row: dict[str, Any]) -> Instruction:
+def _pool(store: Store, config: GenerateConfig, run_id: str, seeds: str | None) -> Pool:
+    """Self-Instruct's starting pool: the seed tasks, and the tasks other runs kept."""
+    tasks = [_instruction(r) for r in store.query(queries.POOL_TASKS, [config.method, run_id])]
+    outputs = [Sample(**_decoded(r)) for r in store.query(queries.POOL_OUTPUTS, [[t.id for t in tasks]])] if tasks else []
+    return Pool(load_seed_tasks(seeds or DEFAULT_SEED_FILE), tasks, outputs)
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row with its JSON columns parsed back (as the records define them)."""
     row = dict(row)
     for name in ("sampling_params", "metadata"):
         if isinstance(row.get(name), str):
             row[name] = json.loads(row[name])
     row["metadata"] = row.get("metadata") or {}
-    return Instruction(**row)
+    return row
+
+
+def _instruction(row: dict[str, Any]) -> Instruction:
+    return Instruction(**_decoded(row))
 
 
 def build_runner(store: Store, config: GenerateConfig, *, run_name: str, run_id: str, teacher_model: str,
@@ -132,7 +150,7 @@ def build_runner(store: Store, config: GenerateConfig, *, run_name: str, run_id:
     spec = config.spec
     common = dict(run_name=run_name, run_id=run_id, batch_size=config.batch_size)
     if spec.works_on == "seed_tasks":
-        return spec.runner(load_seed_tasks(seeds or DEFAULT_SEED_FILE), config.params, **common)
+        return spec.runner(_pool(store, config, run_id, seeds), config.params, **common)
     if spec.works_on == "evolvable" and not (config.instructions_file or config.instructions_sql):
         if not store.query(queries.SEED_INSTRUCTIONS + " LIMIT 1"):
             ingest_seed_file(store, seeds)
@@ -143,7 +161,7 @@ def build_runner(store: Store, config: GenerateConfig, *, run_name: str, run_id:
     return spec.runner(instructions, config.params, **common)
 
 
-@flow(name="generate", flow_run_name="generate-{run_name}", log_prints=True)
+@flow(name="generate", flow_run_name=flow_run_name("generate"), log_prints=True)
 async def generate_flow(
     run_name: str = "default",
     teacher: TeacherConfig | None = None,
@@ -155,6 +173,8 @@ async def generate_flow(
 
     Args:
         run_name: name of this run; re-running it resumes (nothing paid or stored twice).
+            ``{scheduled}`` in it is replaced by the flow run's scheduled start, so each
+            scheduled run of a deployment is a new run that adds new data.
         teacher: the teacher model and how to reach it (default: DISTILL_TEACHER_* if set,
             else the embedded SmolLM2).
         generate: method, target, batch size, budgets, method params, inline filters.
@@ -163,6 +183,7 @@ async def generate_flow(
     """
     logger = get_run_logger()
     freeze_startup_heap()
+    run_name = resolve_run_name(run_name)
     teacher = teacher or default_teacher()
     store = Store(db, keep_open_s=KEEP_DB_OPEN_S)
     # teacher_weights: the lineage a white-box training run reads to distil this teacher's
@@ -170,6 +191,7 @@ async def generate_flow(
     config = {"run_name": run_name, "teacher": teacher.model_dump(mode="json"),
               "teacher_weights": str(model_folder(teacher.weights)) if teacher.weights else None,
               "generate": generate.model_dump(mode="json"), "seeds": seeds}
+    failure: str | None = None
     progress = Progress(artifact_key("generate", run_name, "progress"),
                         f"Kept samples toward the target of {generate.target}", stage="generate", publish=False)
     try:
@@ -183,10 +205,15 @@ async def generate_flow(
             finally:
                 await ledgered.aclose()
             summary.update(run_id=run.id, run_name=run_name, method=generate.method, teacher=ledgered.model)
-            run.finish(summary["status"], summary)
+            failure = teacher_failure(summary, generate, teacher, ledgered)
+            if failure:
+                summary["message"] = failure
+            run.finish("failed" if failure else summary["status"], summary)
         await asyncio.gather(reports.apublish_generate(store, run_name, summary), progress.aclose())
     finally:
         await asyncio.to_thread(store.release)
+    if failure:  # the flow run ends Failed (and the CLI exits non-zero), its report published
+        raise TeacherError(failure)
     logger.info("generate %s: %s", run_name, summary["message"])
     return summary
 
@@ -299,6 +326,29 @@ async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], lo
     }
     summary["message"] = _message(summary, ctx.teacher.failures)
     return summary
+
+
+def teacher_failure(s: dict[str, Any], config: GenerateConfig, teacher: TeacherConfig,
+                    ledgered: LedgeredTeacher) -> str | None:
+    """Why a run that made too little because its teacher failed must fail, or None.
+
+    A run fails when it stopped short of its target and its teacher failed: every batch
+    in a row (``teacher_failing``), nothing kept while requests failed, or more than
+    ``max_failure_rate`` of the requests sent failed. The message names the endpoint, the
+    failure reasons with counts, and what to check."""
+    failed = sum(ledgered.failures.values())
+    if s["status"] == "completed" or not failed:
+        return None
+    rate = failed / max(1, ledgered.sent)
+    if not (s["status"] == "teacher_failing" or s["kept"] == 0 or rate > config.max_failure_rate):
+        return None
+    where = getattr(teacher, "base_url", None) or (
+        "the vLLM server it starts" if teacher.backend == "vllm" else f"the in-process {teacher.backend} model")
+    reasons = ", ".join(f"{reason} ({n})" for reason, n in ledgered.failures.most_common(5))
+    return (f"the teacher failed: {failed} of {ledgered.sent} requests to {where} (model {ledgered.model}) failed: "
+            f"{reasons}; {s['kept']}/{s['target']} samples kept. Check that the endpoint is up and answers, the "
+            "model name and the API key (a timeout: raise teacher.timeout_s); re-run the same run_name to resume "
+            "once the teacher is back")
 
 
 def _message(s: dict[str, Any], failures: Counter) -> str:

@@ -20,15 +20,16 @@ from prefect import flow, get_run_logger
 from flows.config import PipelineConfig
 from flows.curate import curate_flow
 from flows.generate import generate_flow, ingest_seed_file
-from flows.runs import recorded_run, run_sync
+from flows.runs import flow_run_name, recorded_run, resolve_run_name, run_sync
 from flows.train import train_flow
 from storage.store import Store
 
 
-@flow(name="pipeline", flow_run_name="pipeline-{config.run_name}", log_prints=True)
+@flow(name="pipeline", flow_run_name=flow_run_name("pipeline"), log_prints=True)
 def pipeline_flow(config: PipelineConfig = PipelineConfig()) -> dict[str, Any]:
     """Run every step the config does not skip; returns each step's summary."""
     logger = get_run_logger()
+    config = config.model_copy(update={"run_name": resolve_run_name(config.run_name)})
     store = Store(config.db)
     store.init()
     out: dict[str, Any] = {"run_name": config.run_name, "db": str(store.path)}

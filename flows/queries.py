@@ -15,15 +15,35 @@ from typing import Any
 # -- the work a generate run starts from ------------------------------------------------
 
 SEED_INSTRUCTIONS = "SELECT * FROM instructions WHERE method = 'seed' AND operator IS NULL ORDER BY id"
+# What Evol-Instruct evolves: seed tasks and evolutions that no filter dropped and that no
+# other run evolved further yet (a scheduled run grows the chains its predecessors left).
+EVOLVABLE = """
+SELECT i.* FROM instructions i ANTI JOIN dropped_items d ON d.item_id = i.id
+WHERE ((i.method = 'seed' AND i.operator IS NULL) OR i.method = 'evol_instruct')
+  AND coalesce(i.run_id, '') <> ?
+  AND NOT EXISTS (SELECT 1 FROM instructions c ANTI JOIN dropped_items dc ON dc.item_id = c.id
+                  WHERE c.parent_id = i.id AND c.method = 'evol_instruct' AND coalesce(c.run_id, '') <> ?)
+ORDER BY i.id"""
+# The tasks Self-Instruct kept in other runs (its pool grows run after run), oldest first,
+# and their answers (Alpaca shows a task's output in its demonstrations).
+POOL_TASKS = """
+SELECT i.* FROM instructions i ANTI JOIN dropped_items d ON d.item_id = i.id
+WHERE i.method = ? AND i.parent_id IS NULL AND coalesce(i.run_id, '') <> ?
+ORDER BY i.created_at, i.id"""
+POOL_OUTPUTS = """
+SELECT s.* FROM samples s
+WHERE s.instruction_id IN (SELECT unnest(?::VARCHAR[])) ORDER BY s.created_at, s.id"""
 INSTRUCTIONS_BY_ID = "SELECT * FROM instructions WHERE id IN (SELECT unnest(?::VARCHAR[])) ORDER BY id"
 # Instructions without a sample from this teacher made by another run (this run's own
-# samples are replayed through the ledger), and not dropped by any filter.
+# samples are replayed through the ledger), and not dropped by any filter. With ids given
+# (an instructions file, instructions_sql), only those are candidates.
 UNANSWERED = """
 SELECT i.* FROM instructions i ANTI JOIN dropped_items d ON d.item_id = i.id
 WHERE NOT EXISTS (
     SELECT 1 FROM samples s
     WHERE s.instruction_id = i.id AND s.teacher_model = ? AND coalesce(s.run_id, '') <> ?
 )
+AND (?::VARCHAR[] IS NULL OR i.id IN (SELECT unnest(?::VARCHAR[])))
 ORDER BY i.id"""
 
 # -- generate ---------------------------------------------------------------------------

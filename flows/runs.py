@@ -45,6 +45,38 @@ def freeze_startup_heap() -> None:
         gc.freeze()
 
 
+SCHEDULED = "{scheduled}"
+
+
+def resolve_run_name(name: str) -> str:
+    """``name`` with ``{scheduled}`` replaced by this flow run's scheduled start (UTC, to the
+    minute; now, outside a scheduled run): a deployment whose run name is
+    ``nightly-{scheduled}`` gives each scheduled run a name of its own, so it adds new data,
+    while re-running that same flow run gives the same name, so it resumes."""
+    if SCHEDULED not in name:
+        return name
+    from datetime import timezone
+
+    from prefect.runtime import flow_run
+
+    when = flow_run.scheduled_start_time.astimezone(timezone.utc)
+    return name.replace(SCHEDULED, when.strftime("%Y-%m-%dT%H-%M"))
+
+
+def flow_run_name(flow: str):
+    """A ``flow_run_name`` for ``@flow``: '<flow>-<run name>', with ``{scheduled}`` resolved
+    (Prefect's own template would show the braces)."""
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params = flow_run.parameters
+        config = params.get("config")  # the pipeline's one parameter (a model, or its dict from the API)
+        nested = config.get("run_name") if isinstance(config, dict) else getattr(config, "run_name", None)
+        return f"{flow}-{resolve_run_name(params.get('run_name') or nested or 'default')}"
+
+    return name
+
+
 def run_id_for(flow: str, run_name: str) -> str:
     """The stable id of run ``run_name`` of ``flow`` (the same on every resume)."""
     return content_key("run", flow, run_name)

@@ -56,7 +56,7 @@ import random
 import re
 import string
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -651,18 +651,27 @@ async def _generate_instances(teacher: Teacher, accepted: list[_Accepted], tasks
         counts.inc("instances_kept", len(valid))
 
 
+@dataclass
+class Pool:
+    """What a run starts from: the human seed tasks, and machine tasks kept before (with
+    their answers, which Alpaca's demonstrations show)."""
+
+    seeds: list[SeedTask]
+    tasks: list[Instruction] = field(default_factory=list)
+    outputs: list[Sample] = field(default_factory=list)
+
+
 class SelfInstructRunner:
     """Self-Instruct (or Alpaca) steps over a pool that every step grows (not parallel:
     each batch's prompts show tasks the previous batches kept)."""
 
     parallel = False
 
-    def __init__(self, seeds: Sequence[SeedTask], config: SelfInstructConfig, *, run_name: str, batch_size: int,
-                 run_id: str | None = None, existing: Iterable[Instruction] = (),
-                 existing_samples: Iterable[Sample] = ()) -> None:
+    def __init__(self, pool: Pool, config: SelfInstructConfig, *, run_name: str, batch_size: int,
+                 run_id: str | None = None) -> None:
         self.config = config
         self.method = config.method
-        self.state = SelfInstructState.create(seeds, config, existing, existing_samples)
+        self.state = SelfInstructState.create(pool.seeds, config, pool.tasks, pool.outputs)
         self.rng = rng_for(run_name, self.method)
         self.batch_size = batch_size
         self.run_id = run_id

@@ -36,7 +36,7 @@ def test_retraining_is_triggered_by_the_dataset_ready_event():
     (trigger,) = d.triggers
     assert isinstance(trigger, DeploymentEventTrigger)
     assert trigger.expect == {"distill.dataset.ready"}
-    assert trigger.parameters == {"dataset": "{{ event.payload.name }}",
+    assert trigger.parameters == {"db": "{{ event.payload.db }}", "dataset": "{{ event.payload.name }}",
                                   "dataset_version": "{{ event.payload.version }}"}
     from flows.curate import EVENT
 
@@ -48,6 +48,23 @@ def test_schedules():
     (generate,) = by_name["generate"].schedules
     assert generate.schedule.cron == "0 2 * * *" and generate.active
     assert not by_name["pipeline"].schedules[0].active
+    # Each scheduled run gets its own run name (and so adds new data); see flows/runs.py.
+    assert by_name["generate"].parameters["run_name"] == "nightly-{scheduled}"
+
+
+def test_a_scheduled_run_name_comes_from_its_scheduled_start(monkeypatch):
+    import datetime
+
+    from prefect.runtime import flow_run
+
+    from flows.runs import flow_run_name, resolve_run_name
+
+    when = datetime.datetime(2026, 12, 1, 2, 0, tzinfo=datetime.timezone.utc)
+    monkeypatch.setitem(flow_run.FIELDS, "scheduled_start_time", lambda: when)
+    monkeypatch.setitem(flow_run.FIELDS, "parameters", lambda: {"run_name": "nightly-{scheduled}"})
+    assert resolve_run_name("nightly-{scheduled}") == "nightly-2026-12-01T02-00"
+    assert resolve_run_name("adhoc") == "adhoc"
+    assert flow_run_name("generate")() == "generate-nightly-2026-12-01T02-00"
 
 
 def test_unknown_deployment_name_is_refused():

@@ -94,15 +94,50 @@ def test_token_budget(tmp_path):
     assert out["tokens_used"] >= 40
 
 
-def test_a_teacher_that_always_fails_stops_the_run(tmp_path):
+def test_a_teacher_that_always_fails_fails_the_run(tmp_path):
+    from core.errors import TeacherError
+
     db = str(tmp_path / "g.duckdb")
     teacher = ScriptedConfig(script={})  # no answers: every request fails
     cfg = GenerateConfig(method="responses", target=10, batch_size=3,
                          instructions_file=str(_instructions(tmp_path, 40)))
-    out = _run(run_name="dead", teacher=teacher, generate=cfg, db=db)
-    assert out["status"] == "teacher_failing" and out["kept"] == 0
-    assert "no scripted answer" in out["message"]
-    assert Store(db).query("SELECT count(*) AS n FROM samples WHERE method = 'responses'")[0]["n"] == 0
+    with pytest.raises(TeacherError, match=r"the teacher failed: (\d+) of \1 requests to the in-process scripted "
+                                           r"model .*: no scripted answer: .*0/10 samples kept"):
+        _run(run_name="dead", teacher=teacher, generate=cfg, db=db)
+    store = Store(db)
+    assert store.query("SELECT count(*) AS n FROM samples WHERE method = 'responses'")[0]["n"] == 0
+    (run,) = store.query("SELECT status, counts FROM runs WHERE flow = 'generate'")
+    counts = json.loads(run["counts"])
+    assert run["status"] == "failed" and counts["status"] == "teacher_failing" and counts["kept"] == 0
+
+
+@pytest.mark.parametrize("fault", ["500", "hang:5"])
+def test_a_server_that_refuses_or_hangs_fails_the_run_and_a_rerun_resumes(tmp_path, fake_openai, fault):
+    """The flow run ends Failed naming the endpoint and the reasons; once the teacher is
+    back, re-running the same run name finishes the job."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    from core.errors import TeacherError
+    from generators.teachers.config import OpenAIConfig
+
+    path = tmp_path / "down.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"[[faults={fault}]] Explain item {i}."}) + "\n" for i in range(6)))
+    teacher = OpenAIConfig(model="fake", base_url=fake_openai.url, max_retries=0, timeout_s=1)
+    cfg = GenerateConfig(method="responses", target=6, batch_size=3, instructions_file=str(path))
+    db = str(tmp_path / "d.duckdb")
+    reason = "http 500" if fault == "500" else "timeout"
+    with pytest.raises(TeacherError, match=rf"requests to {fake_openai.url} \(model fake\) failed: {reason}.*\(6\)"):
+        _run(run_name=f"down-{fault[:3]}", teacher=teacher, generate=cfg, db=db)
+
+    async def state():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                name=FlowRunFilterName(any_=[f"generate-down-{fault[:3]}"])))
+            return runs[0].state.type.value
+    assert asyncio.run(state()) == "FAILED"
+    out = _run(run_name=f"down-{fault[:3]}", teacher=teacher, generate=cfg, db=db)  # the faults are spent: back up
+    assert out["status"] == "completed" and out["kept"] == 6
 
 
 def test_running_out_of_instructions(tmp_path):

@@ -17,6 +17,7 @@ from generators.self_instruct import (
     parse_instances,
     parse_numbered_items,
     render_prompt,
+    Pool,
     SelfInstructRunner,
     aself_instruct_step,
 )
@@ -366,7 +367,7 @@ async def test_runner_grows_the_pool_batch_by_batch_and_a_useless_teacher_adds_n
         return "No" if req.tag == "self_instruct.classify" else "Output: Something fun."
 
     teacher = ScriptedTeacher(script)
-    runner = SelfInstructRunner(seeds(), SelfInstructConfig(), run_name="t", batch_size=2)
+    runner = SelfInstructRunner(Pool(seeds()), SelfInstructConfig(), run_name="t", batch_size=2)
     result = await drive(runner, teacher, max_batches=2)
     assert runner.state.accepted >= 3 and runner.batches == 2
     assert len(result.samples) == runner.state.accepted  # one no-input instance each
@@ -374,7 +375,7 @@ async def test_runner_grows_the_pool_batch_by_batch_and_a_useless_teacher_adds_n
     assert indexes == list(range(len(indexes)))  # every prompt is a distinct request
 
     useless = ScriptedTeacher(lambda req: "Hi.")
-    runner = SelfInstructRunner(seeds(), no_instances(), run_name="t", batch_size=2)
+    runner = SelfInstructRunner(Pool(seeds()), no_instances(), run_name="t", batch_size=2)
     result = await drive(runner, useless, max_batches=4)
     assert runner.batches == 4 and runner.state.accepted == 0 and result.counts["dropped_too_short"] == 8
 
