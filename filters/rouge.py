@@ -42,7 +42,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
-from rouge_score import tokenizers
+from rouge_score import tokenize as rouge_tokenize
 
 from filters.base import Decision
 from filters.config import RougeConfig
@@ -136,6 +136,22 @@ class _Postings:
         return self.entries[: self.n], self.counts[: self.n], self.masks[: self.n]
 
 
+class _PlainTokenizer:
+    """rouge_score's tokenizer without a stemmer (what ``DefaultTokenizer(use_stemmer=False)``
+    does), without importing ``rouge_score.tokenizers``: that module imports nltk for its
+    stemmer, about a second of start-up that a run with no stemming never needs."""
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        return rouge_tokenize.tokenize(text, None)
+
+
+def _stemming_tokenizer():
+    from rouge_score import tokenizers
+
+    return tokenizers.DefaultTokenizer(use_stemmer=True)
+
+
 class RougeNovelty:
     """A pool of texts and an exact ROUGE-L novelty check against all of them.
 
@@ -149,7 +165,7 @@ class RougeNovelty:
 
     def __init__(self, threshold: float = 0.7, *, use_stemmer: bool = False, tokenizer=None) -> None:
         self.threshold = threshold
-        self._tokenizer = tokenizer or tokenizers.DefaultTokenizer(use_stemmer=use_stemmer)
+        self._tokenizer = tokenizer or (_stemming_tokenizer() if use_stemmer else _PlainTokenizer())
         self._vocab: dict[str, int] = {}
         self._postings: list[_Postings] = []  # indexed by token id
         self._lengths = np.zeros(16, dtype=np.int64)  # token count of each pool entry
