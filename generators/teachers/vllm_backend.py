@@ -39,6 +39,7 @@ import httpx
 from generators.teachers.base import ChatRequest, Completion
 from generators.teachers.config import VLLMConfig
 from core.embedded import EMBEDDED_MODEL_NAME, cache_root, ensure_embedded_teacher
+from core.processes import die_with_parent_preexec, stop_group
 from generators.teachers.openai_backend import OpenAITeacher
 from core.errors import TeacherError
 
@@ -64,26 +65,6 @@ def vllm_python(options: VLLMConfig | None = None) -> str:
     if not (Path(python).is_file() and os.access(python, os.X_OK)):
         raise TeacherError(f"vLLM interpreter {python} does not exist or is not executable")
     return python
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: ask Linux to SIGTERM the server when its parent dies.
-
-    atexit and context managers cover every exit but SIGKILL of the process that started
-    the server; PR_SET_PDEATHSIG covers that one, so a killed flow leaves no orphan vLLM.
-    """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _on_main_thread() -> bool:
-    # Linux sends the death signal when the *thread* that forked exits, so it is only
-    # safe when the server is started from the main thread (which lives as long as the
-    # process); from a worker thread we rely on stop()/atexit alone.
-    return threading.current_thread() is threading.main_thread()
 
 
 class VLLMServer:
@@ -130,8 +111,7 @@ class VLLMServer:
             log.info("starting vLLM: %s (log %s)", " ".join(cmd), self.log_path)
             with open(self.log_path, "wb") as out:
                 self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             env=env, start_new_session=True,
-                                             preexec_fn=_die_with_parent if _on_main_thread() else None)
+                                             env=env, start_new_session=True, preexec_fn=die_with_parent_preexec())
             with _LIVE_LOCK:
                 _LIVE.add(self)
         try:
@@ -179,23 +159,9 @@ class VLLMServer:
                 _LIVE.discard(self)
             if proc is None:
                 return
-            pgid = proc.pid  # start_new_session: the leader's pid is the group id
-            # The leader may exit before vLLM's engine process does: wait for the group.
-            for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-                try:
-                    os.killpg(pgid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + wait
-                while time.monotonic() < deadline:
-                    proc.poll()  # reap the leader, or it stays a zombie member of the group
-                    if not _group_alive(pgid):
-                        break
-                    time.sleep(0.1)
-                else:
-                    continue
-                break
-            proc.poll()
+            # start_new_session: the leader's pid is the group id. The leader may exit before
+            # vLLM's engine process does: stop_group waits for the whole group.
+            stop_group(proc.pid, grace_s=grace_s, reap=proc)
             log.info("vLLM server on port %s stopped", self.port)
 
     def __enter__(self) -> "VLLMServer":
@@ -204,16 +170,6 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
 
 
 @atexit.register
