@@ -10,10 +10,10 @@ to ``samples`` afterwards.
     rows = load_rows(store, "alpaca-clean", split="train")
     export_dataset(store, "alpaca-clean", info.version, "jsonl-chat", "out/")
 
-Exports shape rows the way training reads them: a chat export's user turn is
-``core.text.format_prompt`` (the text the teacher answered), and a rationale row's
-assistant turn keeps the rationale; ``step_by_step_examples`` is distilling
-step-by-step's two tasks of a row, which the ``jsonl-step-by-step`` export writes and
+In exports the user turn is ``core.text.format_prompt`` (the text the teacher answered,
+and the one training prompts with); a rationale row answers with its reasoning first
+(chat and prompt/completion); ``step_by_step_examples`` is distilling step-by-step's two
+tasks of a row, which the ``jsonl-step-by-step`` export writes and
 ``training/distill_step_by_step.py`` trains on.
 
 The split of a row is a function of (seed, row key) alone, so a row keeps its split
@@ -274,18 +274,20 @@ def load_rows(
 # --- exports --------------------------------------------------------------------------
 
 
-def chat_messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    """A row as chat ``messages`` (system if any, user, assistant): TRL's conversational format.
+def answer_text(row: dict[str, Any]) -> str:
+    """What a chat or prompt/completion export answers: the response; a row with a rationale
+    reasons first, ``"<rationale> So the answer is <response>."`` (``core.text.render_answer``,
+    the shape of the few-shot examples the teacher reasoned after)."""
+    if (row.get("rationale") or "").strip():
+        return render_answer(row["rationale"], row["response"])
+    return row["response"]
 
-    The assistant turn is the response; a row with a rationale answers with its reasoning
-    first, ``"<rationale> So the answer is <response>."`` (``core.text.render_answer``, the
-    shape of the few-shot examples the teacher reasoned after)."""
+
+def chat_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """A row as chat ``messages`` (system if any, user, assistant): TRL's conversational format."""
     messages = [{"role": "system", "content": row["system_prompt"]}] if row.get("system_prompt") else []
     messages.append({"role": "user", "content": format_prompt(row["instruction"], row["input"])})
-    answer = row["response"]
-    if (row.get("rationale") or "").strip():
-        answer = render_answer(row["rationale"], answer)
-    messages.append({"role": "assistant", "content": answer})
+    messages.append({"role": "assistant", "content": answer_text(row)})
     return messages
 
 
@@ -321,7 +323,7 @@ def _records(row: dict[str, Any], fmt: str) -> list[dict[str, Any]]:
     if fmt == "jsonl-chat":
         return [{"messages": chat_messages(row)}]
     if fmt == "jsonl-prompt":
-        return [{"prompt": format_prompt(row["instruction"], row["input"]), "completion": row["response"]}]
+        return [{"prompt": format_prompt(row["instruction"], row["input"]), "completion": answer_text(row)}]
     if fmt == "jsonl-step-by-step":
         return step_by_step_examples(row)
     return [dict(row)]
@@ -334,9 +336,10 @@ def export_dataset(
 
     Formats:
       * ``parquet``: every column of ``load_rows``.
-      * ``jsonl-chat``: one ``{"messages": [...]}`` per line (``chat_messages``: a
-        rationale row's assistant turn is "<rationale> So the answer is <response>.").
-      * ``jsonl-prompt``: one ``{"prompt": ..., "completion": ...}`` per line.
+      * ``jsonl-chat``: one ``{"messages": [...]}`` per line (``chat_messages``; a
+        rationale row answers "<rationale> So the answer is <response>.", ``answer_text``).
+      * ``jsonl-prompt``: one ``{"prompt": ..., "completion": ...}`` per line, the
+        completion as the chat answer (Fine-tune-CoT's shape for rationale rows).
       * ``jsonl-step-by-step``: distilling step-by-step's multi-task examples
         (``step_by_step_examples``), ``{"task": "predict", "input": "predict: ...",
         "output": label}`` per row, then ``{"task": "explain", "input": "explain: ...",

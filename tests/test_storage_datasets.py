@@ -210,9 +210,9 @@ def test_rationale_dataset_exports(store, tmp_path):
     with_split = {k: [t | {"split": "train"} for t in v] for k, v in tasks.items()}
     assert one_file.read_text() == _lines(store, "cot", with_split)
 
-    # Prompt/completion: the response as it is.
-    prompt = {ids["cats"]: [{"prompt": cats_q, "completion": "8"}],
-              ids["trout"]: [{"prompt": trout_q, "completion": "No"}]}
+    # Prompt/completion: the completion is the chat answer, reasoning first (Fine-tune-CoT's shape).
+    prompt = {ids["cats"]: [{"prompt": cats_q, "completion": "4 and 4 make 8. So the answer is 8."}],
+              ids["trout"]: [{"prompt": trout_q, "completion": "Fish need water. So the answer is No."}]}
     folder = export_dataset(store, "cot", 1, "jsonl-prompt", tmp_path / "prompt")
     assert (folder / "train.jsonl").read_text() == _lines(store, "cot", prompt)
 
