@@ -259,9 +259,9 @@ def datasets_export(
     ref: str = typer.Argument(..., help="NAME or NAME@VERSION (default: the latest version)."),
     fmt: ExportFormat = typer.Option(
         ..., "--format", "-f",
-        help="parquet (every column), jsonl-chat ({messages}; a rationale row answers '<rationale> So the answer "
-        "is <answer>.'), jsonl-prompt ({prompt, completion}), jsonl-step-by-step (distilling step-by-step's "
-        "tasks: {task, input: 'predict: ...' or 'explain: ...', output}), hf (datasets.save_to_disk).",
+        help="parquet (every column), jsonl-chat ({messages}), jsonl-prompt ({prompt, completion}) (in both, a "
+        "rationale row answers '<rationale> So the answer is <answer>.'), jsonl-step-by-step (distilling "
+        "step-by-step's tasks: {task, input: 'predict: ...' or 'explain: ...', output}), hf (datasets.save_to_disk).",
     ),
     to: Path = typer.Option(..., "--to", help="File (.parquet/.jsonl: one file with a split column) or folder."),
 ) -> None:

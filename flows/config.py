@@ -196,8 +196,8 @@ class CurateConfig(_Section):
     min_rows: int = Field(1, ge=0, description="Refuse to freeze a version with fewer kept rows than this.")
     export_formats: list[Literal["parquet", "jsonl-chat", "jsonl-prompt", "jsonl-step-by-step", "hf"]] = Field(
         default_factory=lambda: ["jsonl-chat"],
-        description="Formats to export the new version to: parquet, jsonl-chat ({messages}; a rationale row "
-        "answers '<rationale> So the answer is <answer>.'), jsonl-prompt ({prompt, completion}), "
+        description="Formats to export the new version to: parquet, jsonl-chat ({messages}), jsonl-prompt "
+        "({prompt, completion}) (in both, a rationale row answers '<rationale> So the answer is <answer>.'), "
         "jsonl-step-by-step (distilling step-by-step's tasks: {task, input: 'predict: ...' or "
         "'explain: ...', output}), hf (datasets.save_to_disk).",
     )
