@@ -64,6 +64,7 @@ class ExportFormat(str, enum.Enum):
     parquet = "parquet"
     jsonl_chat = "jsonl-chat"
     jsonl_prompt = "jsonl-prompt"
+    jsonl_step_by_step = "jsonl-step-by-step"
     hf = "hf"
 
 
@@ -256,10 +257,15 @@ def datasets_create(
 @datasets_app.command("export")
 def datasets_export(
     ref: str = typer.Argument(..., help="NAME or NAME@VERSION (default: the latest version)."),
-    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="Export format."),
+    fmt: ExportFormat = typer.Option(
+        ..., "--format", "-f",
+        help="parquet (every column), jsonl-chat ({messages}), jsonl-prompt ({prompt, completion}) (in both, a "
+        "rationale row answers '<rationale> So the answer is <answer>.'), jsonl-step-by-step (distilling "
+        "step-by-step's tasks: {task, input: 'predict: ...' or 'explain: ...', output}), hf (datasets.save_to_disk).",
+    ),
     to: Path = typer.Option(..., "--to", help="File (.parquet/.jsonl: one file with a split column) or folder."),
 ) -> None:
-    """Export a dataset version to Parquet, JSONL (chat or prompt/completion) or HF datasets."""
+    """Export a dataset version to Parquet, JSONL (chat, prompt/completion or step-by-step tasks) or HF datasets."""
     from storage.datasets import export_dataset, parse_dataset_ref
 
     name, version = parse_dataset_ref(ref)

@@ -200,10 +200,12 @@ class CurateConfig(_Section):
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows held out as the eval split.")
     split_seed: int = Field(0, description="Seed of the train/eval split.")
     min_rows: int = Field(1, ge=0, description="Refuse to freeze a version with fewer kept rows than this.")
-    export_formats: list[Literal["parquet", "jsonl-chat", "jsonl-prompt", "hf"]] = Field(
+    export_formats: list[Literal["parquet", "jsonl-chat", "jsonl-prompt", "jsonl-step-by-step", "hf"]] = Field(
         default_factory=lambda: ["jsonl-chat"],
-        description="Formats to export the new version to: parquet, jsonl-chat ({messages}), "
-        "jsonl-prompt ({prompt, completion}), hf (datasets.save_to_disk).",
+        description="Formats to export the new version to: parquet, jsonl-chat ({messages}), jsonl-prompt "
+        "({prompt, completion}) (in both, a rationale row answers '<rationale> So the answer is <answer>.'), "
+        "jsonl-step-by-step (distilling step-by-step's tasks: {task, input: 'predict: ...' or "
+        "'explain: ...', output}), hf (datasets.save_to_disk).",
     )
     export_dir: str = Field("exports", description="Folder exports go to (<dir>/<name>/v<version>/<format>).")
     judge: CurateJudgeConfig | None = Field(

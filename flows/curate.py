@@ -65,7 +65,8 @@ ORDER BY s.sample_id"""
 JUDGED_SQL = """
   AND EXISTS (SELECT 1 FROM filter_decisions j WHERE j.item_id = s.sample_id AND j.filter = 'judge' AND j.kept)"""
 
-_EXPORT_NAMES = {"parquet": "data.parquet", "jsonl-chat": "chat.jsonl", "jsonl-prompt": "prompt.jsonl", "hf": "hf"}
+_EXPORT_NAMES = {"parquet": "data.parquet", "jsonl-chat": "chat.jsonl", "jsonl-prompt": "prompt.jsonl",
+                 "jsonl-step-by-step": "step-by-step.jsonl", "hf": "hf"}
 
 
 def selected_run(generate_run: str | None) -> str | None:

@@ -22,7 +22,7 @@ from flows import reports
 from flows.artifacts import Progress, artifact_key
 from flows.config import EvaluateConfig
 from flows.runs import prefect_flow_run_id, recorded_run
-from storage.datasets import get_dataset
+from storage.datasets import STEP_BY_STEP_PREFIXES, get_dataset
 from storage.store import Store
 from training.config import TrainConfig
 
@@ -62,7 +62,7 @@ def _prefixes(models: dict[str, str], config: TrainConfig) -> dict[str, str] | N
     """Step-by-step students are asked with the 'predict: ' task prefix they trained on."""
     if config.method != "distill":
         return None
-    return {label: "predict: " for label in models if label != "teacher"}
+    return {label: STEP_BY_STEP_PREFIXES["predict"] for label in models if label != "teacher"}
 
 
 @flow(name="train", flow_run_name="train-{dataset}", log_prints=True)

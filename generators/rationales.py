@@ -12,20 +12,16 @@ majority answer over the D samples (no majority, a tie, keeps nothing).
     store.ingest(result.records)
 
 Each ``Sample`` holds the answer in ``response``, the reasoning in ``rationale`` and the
-gold or majority label in ``label``. Two export shapes for training:
-
-- ``multitask_rows``: distilling step-by-step's multi-task format, ``"predict: x" -> label``
-  and ``"explain: x" -> rationale`` as two examples;
-- ``chat_rows``: one chat example whose answer is the rationale followed by the answer.
-
-Both take the dicts ``storage.datasets.load_rows`` returns (instruction, input, response,
-rationale, label), or ``rows_from_records(instructions, samples)``.
+gold or majority label in ``label``. A dataset of them exports (``distill datasets export``)
+as distilling step-by-step's multi-task examples (``--format jsonl-step-by-step``:
+``"predict: x" -> label`` and ``"explain: x" -> rationale``), or as chat whose answer is
+the rationale followed by the answer (``jsonl-chat``); ``storage.datasets`` defines both.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -209,42 +205,3 @@ class RationalesRunner(ListRunner[RationalesResult]):
 
     async def run(self, teacher: Teacher, batch: Batch[list[Instruction]]) -> RationalesResult:
         return await agenerate_rationales(teacher, batch.payload, self.examples, self.config, run_id=self.run_id)
-
-
-# --------------------------------------------------------------------------- export
-
-
-def rows_from_records(instructions: Iterable[Instruction], samples: Iterable[Sample]) -> list[dict[str, Any]]:
-    """Sample rows shaped like ``storage.datasets.load_rows`` output, from records."""
-    by_id = {i.id: i for i in instructions}
-    return [
-        {"instruction": by_id[s.instruction_id].text, "input": by_id[s.instruction_id].input, "response": s.response,
-         "rationale": s.rationale, "label": s.label, "system_prompt": s.system_prompt, "sample_id": s.id}
-        for s in samples if s.instruction_id in by_id
-    ]
-
-
-def multitask_rows(rows: Iterable[Mapping[str, Any]], *, predict_prefix: str = "predict: ",
-                   explain_prefix: str = "explain: ") -> list[dict[str, str]]:
-    """Distilling step-by-step's multi-task data: per row, ``predict: x -> label`` and
-    (when there is a rationale) ``explain: x -> rationale``."""
-    out = []
-    for row in rows:
-        x = format_prompt(row["instruction"], row.get("input"))
-        out.append({"task": "predict", "input": predict_prefix + x, "output": row.get("label") or row["response"]})
-        if row.get("rationale"):
-            out.append({"task": "explain", "input": explain_prefix + x, "output": row["rationale"]})
-    return out
-
-
-def chat_rows(rows: Iterable[Mapping[str, Any]], *, separator: str = ANSWER_SEPARATOR) -> list[dict[str, Any]]:
-    """One chat example per row: the user asks, the assistant reasons, then answers."""
-    out = []
-    for row in rows:
-        answer = row.get("response") or row.get("label") or ""
-        content = render_answer(row.get("rationale"), answer, separator)
-        messages = [{"role": "system", "content": row["system_prompt"]}] if row.get("system_prompt") else []
-        messages += [{"role": "user", "content": format_prompt(row["instruction"], row.get("input"))},
-                     {"role": "assistant", "content": content}]
-        out.append({"messages": messages})
-    return out

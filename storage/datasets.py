@@ -10,6 +10,12 @@ to ``samples`` afterwards.
     rows = load_rows(store, "alpaca-clean", split="train")
     export_dataset(store, "alpaca-clean", info.version, "jsonl-chat", "out/")
 
+In exports the user turn is ``core.text.format_prompt`` (the text the teacher answered,
+and the one training prompts with); a rationale row answers with its reasoning first
+(chat and prompt/completion); ``step_by_step_examples`` is distilling step-by-step's two
+tasks of a row, which the ``jsonl-step-by-step`` export writes and
+``training/distill_step_by_step.py`` trains on.
+
 The split of a row is a function of (seed, row key) alone, so a row keeps its split
 across versions: when version 2 adds samples to version 1, nothing from version 1's
 eval split leaks into version 2's train split.
@@ -30,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.errors import InputError, NotFoundError
-from core.text import format_prompt
+from core.text import format_prompt, render_answer
 from storage.records import canonical_json, content_key, normalize_text, utcnow
 from storage.store import Store, code_version, scalar
 
@@ -39,8 +45,8 @@ OPTIONAL_COLUMNS = ("input", "rationale", "label", "system_prompt", "sample_id")
 ROW_COLUMNS = ("instruction", "input", "response", "rationale", "label", "system_prompt", "sample_id", "split")
 """Keys of the dicts ``load_rows`` returns, in order."""
 
-ExportFormat = Literal["parquet", "jsonl-chat", "jsonl-prompt", "hf"]
-EXPORT_FORMATS: tuple[str, ...] = ("parquet", "jsonl-chat", "jsonl-prompt", "hf")
+ExportFormat = Literal["parquet", "jsonl-chat", "jsonl-prompt", "jsonl-step-by-step", "hf"]
+EXPORT_FORMATS: tuple[str, ...] = ("parquet", "jsonl-chat", "jsonl-prompt", "jsonl-step-by-step", "hf")
 SPLITS = ("train", "eval")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -268,20 +274,59 @@ def load_rows(
 # --- exports --------------------------------------------------------------------------
 
 
+def answer_text(row: dict[str, Any]) -> str:
+    """What a chat or prompt/completion export answers: the response; a row with a rationale
+    reasons first, ``"<rationale> So the answer is <response>."`` (``core.text.render_answer``,
+    the shape of the few-shot examples the teacher reasoned after)."""
+    if (row.get("rationale") or "").strip():
+        return render_answer(row["rationale"], row["response"])
+    return row["response"]
+
+
 def chat_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     """A row as chat ``messages`` (system if any, user, assistant): TRL's conversational format."""
     messages = [{"role": "system", "content": row["system_prompt"]}] if row.get("system_prompt") else []
     messages.append({"role": "user", "content": format_prompt(row["instruction"], row["input"])})
-    messages.append({"role": "assistant", "content": row["response"]})
+    messages.append({"role": "assistant", "content": answer_text(row)})
     return messages
 
 
-def _as_record(row: dict[str, Any], fmt: str) -> dict[str, Any]:
+# Distilling step-by-step (Hsieh et al. 2023) learns the label and the rationale as two
+# tasks of one model, told apart by a prefix of the input. The export and the trainer
+# both build them with ``step_by_step_examples``, so the exported file is what the
+# student trains on.
+STEP_BY_STEP_PREFIXES = {"predict": "predict: ", "explain": "explain: "}
+"""Task name -> the prefix of its input (the reference code's ``predict: `` / ``explain: ``)."""
+
+
+def step_by_step_examples(row: dict[str, Any]) -> list[dict[str, str]]:
+    """Distilling step-by-step's multi-task examples of a row, predict first:
+
+        {"task": "predict", "input": "predict: <prompt>", "output": <label, else the response>}
+        {"task": "explain", "input": "explain: <prompt>", "output": <rationale>}   (rows with one)
+
+    ``<prompt>`` is the user turn (``core.text.format_prompt``); outputs are stripped (a
+    predict output may come out empty; the trainer refuses such a row). The trainer puts
+    ``input`` in the user turn, after the row's system prompt when it has one.
+    """
+    prompt = format_prompt(row.get("instruction"), row.get("input"))
+    label = (row.get("label") or row.get("response") or "").strip()
+    rationale = (row.get("rationale") or "").strip()
+    examples = [{"task": "predict", "input": STEP_BY_STEP_PREFIXES["predict"] + prompt, "output": label}]
+    if rationale:
+        examples.append({"task": "explain", "input": STEP_BY_STEP_PREFIXES["explain"] + prompt, "output": rationale})
+    return examples
+
+
+def _records(row: dict[str, Any], fmt: str) -> list[dict[str, Any]]:
+    """The lines (or Parquet rows) one dataset row becomes in ``fmt``."""
     if fmt == "jsonl-chat":
-        return {"messages": chat_messages(row)}
+        return [{"messages": chat_messages(row)}]
     if fmt == "jsonl-prompt":
-        return {"prompt": format_prompt(row["instruction"], row["input"]), "completion": row["response"]}
-    return dict(row)
+        return [{"prompt": format_prompt(row["instruction"], row["input"]), "completion": answer_text(row)}]
+    if fmt == "jsonl-step-by-step":
+        return step_by_step_examples(row)
+    return [dict(row)]
 
 
 def export_dataset(
@@ -291,10 +336,16 @@ def export_dataset(
 
     Formats:
       * ``parquet``: every column of ``load_rows``.
-      * ``jsonl-chat``: one ``{"messages": [...]}`` per line.
-      * ``jsonl-prompt``: one ``{"prompt": ..., "completion": ...}`` per line.
+      * ``jsonl-chat``: one ``{"messages": [...]}`` per line (``chat_messages``; a
+        rationale row answers "<rationale> So the answer is <response>.", ``answer_text``).
+      * ``jsonl-prompt``: one ``{"prompt": ..., "completion": ...}`` per line, the
+        completion as the chat answer (Fine-tune-CoT's shape for rationale rows).
+      * ``jsonl-step-by-step``: distilling step-by-step's multi-task examples
+        (``step_by_step_examples``), ``{"task": "predict", "input": "predict: ...",
+        "output": label}`` per row, then ``{"task": "explain", "input": "explain: ...",
+        "output": rationale}`` when the row has a rationale.
       * ``hf``: a ``datasets.DatasetDict`` (train, eval) saved with ``save_to_disk``;
-        rows carry the ``load_rows`` columns plus ``messages``.
+        rows carry the ``load_rows`` columns plus ``messages`` (as in ``jsonl-chat``).
 
     For parquet and JSONL, a ``path`` ending in ``.parquet``/``.jsonl`` is one file with
     a ``split`` column; any other path is a directory holding ``train.*`` and ``eval.*``.
@@ -337,9 +388,12 @@ def export_dataset(
 
     suffix = ".parquet" if fmt == "parquet" else ".jsonl"
     if path.suffix in (".parquet", ".jsonl", ".json"):
-        files = {path: [_as_record(r, fmt) | ({"split": r["split"]} if fmt != "parquet" else {}) for r in rows]}
+        # One file: each JSONL line says its split (Parquet rows carry the column already).
+        files = {path: [record | ({"split": r["split"]} if fmt != "parquet" else {})
+                        for r in rows for record in _records(r, fmt)]}
     else:
-        files = {path / f"{s}{suffix}": [_as_record(r, fmt) for r in part] for s, part in by_split.items()}
+        files = {path / f"{s}{suffix}": [record for r in part for record in _records(r, fmt)]
+                 for s, part in by_split.items()}
     for file, records in files.items():
         file.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "parquet":

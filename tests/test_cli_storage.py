@@ -13,7 +13,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from flows.cli import main
+from flows.cli import ExportFormat, main
+from storage.datasets import EXPORT_FORMATS
 from storage.store import latest_schema_version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,10 +82,16 @@ def test_datasets_commands(cli, tmp_path):
     assert "seeds@1" in out and "seeds@2" in out
     code, out, _ = cli("datasets", "show", "seeds@1")
     assert code == 0 and "eval fraction 0.2, seed 3" in out and sql in out
-    for fmt, target in [("parquet", "x.parquet"), ("jsonl-chat", "chat"), ("jsonl-prompt", "p.jsonl"), ("hf", "hf")]:
+    targets = {"parquet": "x.parquet", "jsonl-chat": "chat", "jsonl-prompt": "p.jsonl",
+               "jsonl-step-by-step": "sbs.jsonl", "hf": "hf"}
+    assert set(targets) == set(EXPORT_FORMATS) == {f.value for f in ExportFormat}  # the CLI offers every format
+    for fmt, target in targets.items():
         code, out, _ = cli("datasets", "export", "seeds@1", "--format", fmt, "--to", target)
         assert code == 0 and (tmp_path / target).exists(), out
     assert (tmp_path / "chat" / "train.jsonl").read_text().startswith('{"messages": [')
+    first = json.loads((tmp_path / "sbs.jsonl").read_text().splitlines()[0])
+    assert list(first) == ["task", "input", "output", "split"]
+    assert first["task"] == "predict" and first["input"].startswith("predict: ")
 
 
 @pytest.mark.parametrize(

@@ -136,3 +136,17 @@ def test_teacher_from_the_environment_between_the_file_and_set(tmp_path, monkeyp
     assert load_config(path, {"teacher.base_url": "http://other/v1"}).teacher.base_url == "http://other/v1"
     monkeypatch.setenv("DISTILL_TEACHER_BACKEND", "vllm")
     assert PipelineConfig(train={"method": "sft", "teacher": "embedded"}).teacher.base_url == "http://vllm:8000/v1"
+
+
+
+def test_curate_exports_every_format():
+    """Every format storage exports can be asked for in curate.export_formats, and has a file name."""
+    from typing import get_args
+
+    from flows.config import CurateConfig
+    from flows.curate import _EXPORT_NAMES
+    from storage.datasets import EXPORT_FORMATS
+
+    (formats,) = get_args(CurateConfig.model_fields["export_formats"].annotation)  # list[Literal[...]]
+    assert set(get_args(formats)) == set(EXPORT_FORMATS) == set(_EXPORT_NAMES)
+    assert CurateConfig(export_formats=["jsonl-step-by-step"]).export_formats == ["jsonl-step-by-step"]

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 from generators.rationales import (
     CotExample,
     RationalesConfig,
     agenerate_rationales,
-    chat_rows,
     load_cot_examples,
-    multitask_rows,
     render_prompt,
-    rows_from_records,
 )
 from core.text import normalize_answer, split_answer
 from generators.teachers.base import Completion
 from generators.teachers.scripted import ScriptedTeacher
+from storage.datasets import create_dataset, export_dataset
 from storage.records import Instruction
 from storage.seeds import COT_QUESTIONS_FILE, parse_instructions_file
 
@@ -86,17 +86,24 @@ async def test_majority_vote_without_gold_and_tie():
     assert result.counts["failed"] == 1
 
 
-async def test_exports():
+async def test_stored_rationales_export_for_training(store, tmp_path):
+    """Generated, stored and frozen as a dataset, a rationale exports as step-by-step's two
+    tasks and as a chat answer that reasons first (the formats are storage.datasets')."""
     q = Instruction(text="Sam has 4 cats and gets 4 more. How many cats?", method="seed", metadata={"label": "8"})
     result = await agenerate_rationales(scripted({"Sam": ["4 and 4 make 8. So the answer is 8."]}), [q], EXAMPLES,
-                                 RationalesConfig(num_samples=1))
-    rows = rows_from_records([q], result.samples)
-    assert multitask_rows(rows) == [
-        {"task": "predict", "input": "predict: " + q.text, "output": "8"},
-        {"task": "explain", "input": "explain: " + q.text, "output": "4 and 4 make 8."},
+                                        RationalesConfig(num_samples=1))
+    store.ingest([q, *result.records])
+    create_dataset(store, "cot", "SELECT * FROM kept_samples", eval_fraction=0)
+
+    sbs = export_dataset(store, "cot", None, "jsonl-step-by-step", tmp_path / "sbs.jsonl")
+    assert [json.loads(line) for line in sbs.read_text().splitlines()] == [
+        {"task": "predict", "input": "predict: " + q.text, "output": "8", "split": "train"},
+        {"task": "explain", "input": "explain: " + q.text, "output": "4 and 4 make 8.", "split": "train"},
     ]
-    assert chat_rows(rows) == [{"messages": [{"role": "user", "content": q.text},
-                                             {"role": "assistant", "content": "4 and 4 make 8. So the answer is 8."}]}]
+    chat = export_dataset(store, "cot", None, "jsonl-chat", tmp_path / "chat.jsonl")
+    assert [json.loads(line) for line in chat.read_text().splitlines()] == [
+        {"messages": [{"role": "user", "content": q.text},
+                      {"role": "assistant", "content": "4 and 4 make 8. So the answer is 8."}], "split": "train"}]
 
 
 def test_shipped_files_load():

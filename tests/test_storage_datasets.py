@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
+
 import datasets as hf
+import pyarrow.parquet as pq
 import pytest
 
+from core.text import format_prompt
 from storage.datasets import (
     ROW_COLUMNS,
+    STEP_BY_STEP_PREFIXES,
     create_dataset,
     export_dataset,
     get_dataset,
     list_datasets,
     load_rows,
     parse_dataset_ref,
+    step_by_step_examples,
 )
 from core.errors import InputError, NotFoundError
 from storage.records import Instruction, Sample
@@ -145,3 +151,106 @@ def test_empty_eval_split_still_exports(store, tmp_path):
     create_dataset(store, "all-train", SQL, eval_fraction=0)
     dd = hf.load_from_disk(str(export_dataset(store, "all-train", 1, "hf", tmp_path / "hf")))
     assert (dd["train"].num_rows, dd["eval"].num_rows) == (3, 0)
+
+
+# --- rationale datasets ---------------------------------------------------------------
+
+RATIONALE_SQL = "SELECT sample_id, instruction, input, response, rationale, label, system_prompt FROM sample_view"
+
+
+def _ingest_rationales(store) -> dict[str, str]:
+    """Two samples as the rationales method stores them (the answer in ``response``, the
+    reasoning in ``rationale``, the gold label in ``label``); returns their sample ids."""
+    cats = Instruction(text="Sam has 4 cats and gets 4 more. How many cats?", method="seed")
+    trout = Instruction(text="Can a trout live on land?", input="Answer yes or no.", method="seed")
+    samples = {
+        "cats": Sample(instruction_id=cats.id, response="8", rationale="4 and 4 make 8.", label="8",
+                       method="rationales"),
+        "trout": Sample(instruction_id=trout.id, response="No", rationale="Fish need water.", label="no",
+                        system_prompt="Think first.", method="rationales"),
+    }
+    store.ingest([cats, trout, *samples.values()])
+    return {name: s.id for name, s in samples.items()}
+
+
+def _lines(store, name: str, by_sample: dict[str, list[dict]]) -> str:
+    """The expected JSONL text: each row's records, in the version's row order."""
+    return "".join(json.dumps(rec, ensure_ascii=False) + "\n"
+                   for row in load_rows(store, name) for rec in by_sample[row["sample_id"]])
+
+
+def test_rationale_dataset_exports(store, tmp_path):
+    ids = _ingest_rationales(store)
+    create_dataset(store, "cot", RATIONALE_SQL, eval_fraction=0)
+    cats_q, trout_q = "Sam has 4 cats and gets 4 more. How many cats?", "Can a trout live on land?\n\nAnswer yes or no."
+
+    # Chat: the assistant reasons, then answers, as in the teacher's few-shot examples.
+    chat = {
+        ids["cats"]: [{"messages": [{"role": "user", "content": cats_q},
+                                    {"role": "assistant", "content": "4 and 4 make 8. So the answer is 8."}]}],
+        ids["trout"]: [{"messages": [{"role": "system", "content": "Think first."},
+                                     {"role": "user", "content": trout_q},
+                                     {"role": "assistant", "content": "Fish need water. So the answer is No."}]}],
+    }
+    folder = export_dataset(store, "cot", 1, "jsonl-chat", tmp_path / "chat")
+    assert (folder / "train.jsonl").read_text() == _lines(store, "cot", chat)
+    assert (folder / "eval.jsonl").read_text() == ""
+
+    # Step-by-step: per row "predict: x" -> label, then "explain: x" -> rationale.
+    tasks = {
+        ids["cats"]: [{"task": "predict", "input": "predict: " + cats_q, "output": "8"},
+                      {"task": "explain", "input": "explain: " + cats_q, "output": "4 and 4 make 8."}],
+        ids["trout"]: [{"task": "predict", "input": "predict: " + trout_q, "output": "no"},
+                       {"task": "explain", "input": "explain: " + trout_q, "output": "Fish need water."}],
+    }
+    folder = export_dataset(store, "cot", 1, "jsonl-step-by-step", tmp_path / "sbs")
+    assert (folder / "train.jsonl").read_text() == _lines(store, "cot", tasks)
+    assert (folder / "eval.jsonl").read_text() == ""
+    one_file = export_dataset(store, "cot", 1, "jsonl-step-by-step", tmp_path / "sbs.jsonl")
+    with_split = {k: [t | {"split": "train"} for t in v] for k, v in tasks.items()}
+    assert one_file.read_text() == _lines(store, "cot", with_split)
+
+    # Prompt/completion: the completion is the chat answer, reasoning first (Fine-tune-CoT's shape).
+    prompt = {ids["cats"]: [{"prompt": cats_q, "completion": "4 and 4 make 8. So the answer is 8."}],
+              ids["trout"]: [{"prompt": trout_q, "completion": "Fish need water. So the answer is No."}]}
+    folder = export_dataset(store, "cot", 1, "jsonl-prompt", tmp_path / "prompt")
+    assert (folder / "train.jsonl").read_text() == _lines(store, "cot", prompt)
+
+    # Parquet: the rows as load_rows gives them; hf: those columns plus the chat messages.
+    file = export_dataset(store, "cot", 1, "parquet", tmp_path / "cot.parquet")
+    assert pq.read_table(file).to_pylist() == load_rows(store, "cot")
+    dd = hf.load_from_disk(str(export_dataset(store, "cot", 1, "hf", tmp_path / "hf")))
+    assert dd["train"].to_list() == [{**row, **chat[row["sample_id"]][0]} for row in load_rows(store, "cot")]
+    assert dd["eval"].num_rows == 0
+
+
+def test_chat_export_without_rationales_is_the_response(store, tmp_path):
+    _ingest(store, 0, 2)
+    create_dataset(store, "qa", SQL, eval_fraction=0)
+    expected = {
+        row["sample_id"]: [{"messages": [
+            *([{"role": "system", "content": "Be brief."}] if row["system_prompt"] else []),
+            {"role": "user", "content": row["instruction"] + ("\n\nctx" if row["input"] else "")},
+            {"role": "assistant", "content": row["response"]}]}]
+        for row in load_rows(store, "qa")
+    }
+    chat = export_dataset(store, "qa", 1, "jsonl-chat", tmp_path / "chat")
+    assert (chat / "train.jsonl").read_text() == _lines(store, "qa", expected)
+    # Step-by-step without rationales: the predict task alone, towards the label.
+    tasks = {
+        row["sample_id"]: [{"task": "predict", "input": "predict: " + format_prompt(row["instruction"], row["input"]),
+                            "output": row["label"]}]
+        for row in load_rows(store, "qa")
+    }
+    sbs = export_dataset(store, "qa", 1, "jsonl-step-by-step", tmp_path / "sbs")
+    assert (sbs / "train.jsonl").read_text() == _lines(store, "qa", tasks)
+
+
+def test_step_by_step_examples():
+    row = {"instruction": " Add. ", "input": "2 + 2", "response": "4", "rationale": " 2 and 2 make 4. ", "label": None}
+    assert step_by_step_examples(row) == [
+        {"task": "predict", "input": "predict: Add.\n\n2 + 2", "output": "4"},
+        {"task": "explain", "input": "explain: Add.\n\n2 + 2", "output": "2 and 2 make 4."},
+    ]
+    assert step_by_step_examples({**row, "rationale": "  "}) == step_by_step_examples(row)[:1]
+    assert STEP_BY_STEP_PREFIXES == {"predict": "predict: ", "explain": "explain: "}

@@ -9,8 +9,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from core.errors import DistillError
+from core.errors import DistillError, InputError
+from storage.datasets import step_by_step_examples
 from training.config import PRESETS, TrainConfig
+from training.data import prompt_messages
 from training.distill_step_by_step import EXPLAIN, PREDICT, step_by_step_dataset
 from training.kd import build_kd_trainer
 from training.sft import build_sft_trainer
@@ -99,11 +101,24 @@ def test_sft_packing_runs(tiny_models, tmp_path):
 
 
 def test_step_by_step_tasks():
-    ds = step_by_step_dataset(toy_rows(2, rationale=True))
+    rows = toy_rows(2, rationale=True)
+    rows[0]["system_prompt"] = "Be brief."
+    ds = step_by_step_dataset(rows)
     assert ds["task"] == ["predict", "explain", "predict", "explain"]
     predict, explain = ds[0], ds[1]
     assert predict["prompt"][-1]["content"].startswith(PREDICT) and predict["completion"][0]["content"] == "3"
     assert explain["prompt"][-1]["content"].startswith(EXPLAIN) and "count up" in explain["completion"][0]["content"]
+    # The prompt is the one evaluation asks a step-by-step student with (system turn, prefixed user turn) ...
+    assert predict["prompt"] == prompt_messages(rows[0], prefix=PREDICT)
+    assert explain["prompt"] == prompt_messages(rows[0], prefix=EXPLAIN)
+    assert predict["prompt"][0] == {"role": "system", "content": "Be brief."}
+    # ... and the tasks are those the jsonl-step-by-step export writes.
+    assert [(ex["task"], ex["prompt"][-1]["content"], ex["completion"][0]["content"]) for ex in ds] == [
+        (t["task"], t["input"], t["output"]) for row in rows for t in step_by_step_examples(row)]
+    with pytest.raises(InputError, match=r"row 1 \(sample s1\) has no rationale: method 'distill' needs a rationale"):
+        step_by_step_dataset([rows[0], {**rows[1], "rationale": " "}])
+    with pytest.raises(InputError, match=r"row 0 \(sample s0\) has no label"):
+        step_by_step_dataset([{**rows[0], "label": " "}])
 
 
 def test_kd_with_a_foreign_tokenizer_is_refused(tiny_models, tmp_path):

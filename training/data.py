@@ -23,13 +23,15 @@ def user_text(row: dict[str, Any]) -> str:
     return format_prompt(row.get("instruction") or "", row.get("input"))
 
 
+def system_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The system turn, when the row has a system prompt (else none)."""
+    return [{"role": "system", "content": row["system_prompt"]}] if row.get("system_prompt") else []
+
+
 def prompt_messages(row: dict[str, Any], prefix: str = "") -> list[dict[str, str]]:
-    """System (when the row has one) + user messages for a row."""
-    messages = []
-    if row.get("system_prompt"):
-        messages.append({"role": "system", "content": row["system_prompt"]})
-    messages.append({"role": "user", "content": prefix + user_text(row)})
-    return messages
+    """System (when the row has one) + user messages for a row; ``prefix`` goes before the
+    user text (a step-by-step student is asked with ``"predict: "``)."""
+    return system_messages(row) + [{"role": "user", "content": prefix + user_text(row)}]
 
 
 def as_rows(data: Any) -> list[dict[str, Any]]:

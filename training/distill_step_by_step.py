@@ -23,6 +23,10 @@ One difference from the reference remains: its per-task loss is T5's token mean 
 the task's tokens in the batch; ours is the mean of per-example token means, so a long
 rationale counts as much as a short one.
 
+The two examples of a row are ``storage.datasets.step_by_step_examples``, the same
+definition the ``jsonl-step-by-step`` export writes, so an exported file holds exactly the
+tasks the student trains on (here with the row's system prompt, if any, as a system turn).
+
 The layer over TRL is thin: SFTTrainer prepares both tasks as conversational
 prompt/completion examples (completion-only loss); a ``task`` column rides along to
 ``compute_loss``, which averages and weights per task.
@@ -37,12 +41,13 @@ import torch.nn.functional as F
 from trl import SFTConfig, SFTTrainer
 
 from core.errors import InputError
+from storage.datasets import STEP_BY_STEP_PREFIXES, step_by_step_examples
 from training.config import TrainConfig
-from training.data import as_rows, prompt_messages
+from training.data import as_rows, system_messages
 from training.sft import trainer_args
 
-PREDICT = "predict: "
-EXPLAIN = "explain: "
+PREDICT = STEP_BY_STEP_PREFIXES["predict"]  # a step-by-step student is evaluated with this prefix
+EXPLAIN = STEP_BY_STEP_PREFIXES["explain"]
 
 
 def step_by_step_dataset(rows: Any):
@@ -52,23 +57,22 @@ def step_by_step_dataset(rows: Any):
     rows = as_rows(rows)
     examples = []
     for i, row in enumerate(rows):
-        label = (row.get("label") or row.get("response") or "").strip()
-        rationale = (row.get("rationale") or "").strip()
-        if not label or not rationale:
+        tasks = step_by_step_examples(row)  # predict, then explain when the row has a rationale
+        if not tasks[0]["output"] or len(tasks) < 2:
+            missing = "label" if not tasks[0]["output"] else "rationale"
             raise InputError(
-                f"row {i} (sample {row.get('sample_id')}) has no {'label' if not label else 'rationale'}: "
+                f"row {i} (sample {row.get('sample_id')}) has no {missing}: "
                 "method 'distill' needs a rationale dataset (e.g. from the 'rationales' generator)"
             )
-        examples.append(_example(row, PREDICT, label))
-        examples.append(_example(row, EXPLAIN, rationale))
+        examples += [_example(row, task) for task in tasks]
     return Dataset.from_list(examples)
 
 
-def _example(row: dict, prefix: str, target: str) -> dict:
+def _example(row: dict, task: dict[str, str]) -> dict:
     return {
-        "prompt": prompt_messages(row, prefix=prefix),
-        "completion": [{"role": "assistant", "content": target}],
-        "task": prefix.removesuffix(": "),
+        "prompt": system_messages(row) + [{"role": "user", "content": task["input"]}],
+        "completion": [{"role": "assistant", "content": task["output"]}],
+        "task": task["task"],
     }
 
 
