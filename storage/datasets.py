@@ -283,10 +283,15 @@ def answer_text(row: dict[str, Any]) -> str:
     return row["response"]
 
 
+def system_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The system turn, when the row has a system prompt (else none)."""
+    return [{"role": "system", "content": row["system_prompt"]}] if row.get("system_prompt") else []
+
+
 def chat_messages(row: dict[str, Any]) -> list[dict[str, str]]:
     """A row as chat ``messages`` (system if any, user, assistant): TRL's conversational format."""
-    messages = [{"role": "system", "content": row["system_prompt"]}] if row.get("system_prompt") else []
-    messages.append({"role": "user", "content": format_prompt(row["instruction"], row["input"])})
+    messages = system_messages(row)
+    messages.append({"role": "user", "content": format_prompt(row["instruction"], row.get("input"))})
     messages.append({"role": "assistant", "content": answer_text(row)})
     return messages
 

@@ -32,3 +32,17 @@ async def test_students_prompt_for_a_sample_equals_the_teachers(store, tmp_path)
     export_dataset(store, "agree", None, "jsonl-chat", tmp_path / "chat.jsonl")  # export
     exported = [json.loads(line)["messages"] for line in (tmp_path / "chat.jsonl").read_text().splitlines()]
     assert {_key(m[:-1]) for m in exported} == asked
+
+
+def test_the_students_target_is_what_the_dataset_exports():
+    """SFT/KD train on the exported assistant turn: for a rationale row, the reasoning then
+    the answer (Fine-tune-CoT), the same text `jsonl-chat` writes."""
+    from storage.datasets import chat_messages
+    from training.data import messages_dataset, prompt_completion_dataset
+
+    row = {"instruction": "Sam has 4 cats and gets 4 more. How many cats?", "input": "", "response": "8",
+           "rationale": "4 and 4 make 8.", "label": "8", "system_prompt": None, "sample_id": "s", "split": "train"}
+    [example] = prompt_completion_dataset([row]).to_list()
+    assert example["completion"] == [{"role": "assistant", "content": "4 and 4 make 8. So the answer is 8."}]
+    assert example["prompt"] + example["completion"] == chat_messages(row)
+    assert messages_dataset([row]).to_list()[0]["messages"] == chat_messages(row)

@@ -3,7 +3,9 @@
 A row is what ``storage.datasets.load_rows`` returns (instruction, input, response,
 rationale, label, system_prompt, sample_id, split). The student sees exactly what the
 teacher saw: an optional system turn, a user turn (instruction, then input after a blank
-line), and the response as the assistant turn.
+line), and as the assistant turn exactly what the dataset exports
+(``storage.datasets.chat_messages``): the response, or for a rationale row the reasoning
+then the answer (Fine-tune-CoT's target).
 
     >>> prompt_messages({"instruction": "Add.", "input": "2 + 2"})
     [{'role': 'user', 'content': 'Add.\\n\\n2 + 2'}]
@@ -15,17 +17,13 @@ from typing import Any, Iterable
 
 from core.errors import InputError
 from core.text import format_prompt
+from storage.datasets import chat_messages, system_messages
 
 
 def user_text(row: dict[str, Any]) -> str:
     """The user turn (``core.text.format_prompt``): the text the teacher answered, which
     ``storage.datasets`` exports too, so the teacher, exported data and the student agree."""
     return format_prompt(row.get("instruction") or "", row.get("input"))
-
-
-def system_messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    """The system turn, when the row has a system prompt (else none)."""
-    return [{"role": "system", "content": row["system_prompt"]}] if row.get("system_prompt") else []
 
 
 def prompt_messages(row: dict[str, Any], prefix: str = "") -> list[dict[str, str]]:
@@ -58,15 +56,8 @@ def prompt_completion_dataset(rows: Any):
 
     rows = as_rows(rows)
     _check(rows, ("instruction", "response"))
-    return Dataset.from_list(
-        [
-            {
-                "prompt": prompt_messages(r),
-                "completion": [{"role": "assistant", "content": r["response"]}],
-            }
-            for r in rows
-        ]
-    )
+    conversations = [chat_messages(r) for r in rows]
+    return Dataset.from_list([{"prompt": c[:-1], "completion": c[-1:]} for c in conversations])
 
 
 def messages_dataset(rows: Any):
@@ -77,5 +68,5 @@ def messages_dataset(rows: Any):
     rows = as_rows(rows)
     _check(rows, ("instruction", "response"))
     return Dataset.from_list(
-        [{"messages": prompt_messages(r) + [{"role": "assistant", "content": r["response"]}]} for r in rows]
+        [{"messages": chat_messages(r)} for r in rows]
     )
