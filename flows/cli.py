@@ -306,6 +306,7 @@ app.add_typer(seeds_app, name="seeds")
 SUBCOMMANDS: list[tuple[str, str | None]] = [
     ("flows.cli_teacher", "teacher"),
     ("flows.cli_flows", None),  # distill run / generate / curate / train (the Prefect flows)
+    ("flows.cli_server", "server"),  # distill server start / stop / status
 ]
 
 
@@ -318,6 +319,8 @@ def _register_subcommands() -> None:
                 raise
             continue  # listed before its module landed: the other commands still work
         app.add_typer(module.app, name=name)
+        if hasattr(module, "ops"):  # top-level commands a module adds beside its group
+            app.add_typer(module.ops)
 
 
 _register_subcommands()

@@ -39,9 +39,15 @@ DEFAULT_CONFIG = Path("configs/demo.yaml")
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    """Prefect logs at WARNING unless asked (the progress bar and tables say what happens)."""
+    """Before Prefect is imported: which API this command uses (flows/server.py: a running
+    `distill server start` server, else ephemeral mode), and a quiet terminal. Prefect's
+    logs stay at WARNING on the terminal unless asked (-v); runs still send their INFO logs
+    to the API, so a run's Logs tab in the UI shows what it did."""
+    from flows.server import use_prefect_api
+
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # The console handler's level, not the loggers': INFO records still reach the API handler.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
         # Library tqdm bars (weights loading, dataset mapping) would interleave with ours.
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -50,15 +56,22 @@ def _quiet_prefect(verbose: bool) -> None:
     # Ephemeral mode starts a local API server; on a busy small machine the first start
     # (migrations into PREFECT_HOME) can take longer than Prefect's default 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    use_prefect_api()
 
 
-def _load(config: Optional[Path], overrides: dict[str, Any]):
+def _load(config: Optional[Path], overrides: dict[str, Any], only: str | None = None):
     """The pipeline config: ``--config`` (else configs/demo.yaml when it exists, else the
-    defaults) with the command's options and ``--set`` values over it."""
+    defaults) with the command's options and ``--set`` values over it. ``only``: the one
+    step this command runs; the others are skipped, so their settings (and the checks
+    across them) cannot stop it."""
     from flows.config import load_config
 
     if config is None and DEFAULT_CONFIG.exists():
         config = DEFAULT_CONFIG
+    if only is not None:
+        steps = {"generate": ("generate",), "curate": ("curate",), "train": ("train", "evaluate")}[only]
+        overrides = {**{f"skip.{step}": True for step in ("seeds", "generate", "curate", "train", "evaluate")
+                        if step not in steps}, **overrides}
     return load_config(config, overrides)
 
 
@@ -184,7 +197,7 @@ def generate(
                  "generate.instructions_file": str(instructions_file) if instructions_file else None,
                  **parse_sets(set_)}
     _db_default(overrides)
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, only="generate")
     import asyncio
 
     from flows.generate import generate_flow
@@ -211,7 +224,7 @@ def curate(
     overrides = {"run_name": run_name, "curate.dataset": dataset, "curate.judge.min_score": judge_threshold,
                  **parse_sets(set_)}
     _db_default(overrides)
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, only="curate")
     from flows.curate import curate_flow
 
     out = _run_with_bars(curate_flow, run_name=cfg.run_name, curate=cfg.curate, db=cfg.db,
@@ -238,7 +251,7 @@ def train(
     overrides = {"curate.dataset": name, "train.method": method, "train.max_steps": max_steps,
                  "train.output_dir": output_dir, **parse_sets(set_)}
     _db_default(overrides)
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, only="train")
     from flows.train import train_flow
 
     out = _run_with_bars(train_flow, dataset=cfg.curate.dataset, dataset_version=version, train=cfg.train,
@@ -253,7 +266,7 @@ def serve(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's INFO logs."),
 ) -> None:
     """Serve prefect.yaml's deployments from this checkout (schedules and event triggers)
-    until Ctrl-C. Needs a Prefect server: `prefect server start` and PREFECT_API_URL."""
+    until Ctrl-C. Needs a Prefect server: `distill server start` (or PREFECT_API_URL)."""
     _quiet_prefect(verbose)
     from flows.deployments import load_deployments, serve_deployments
 

@@ -1,11 +1,13 @@
-"""The deployments in prefect.yaml, as objects: validated in tests, served by `distill serve`.
+"""The deployments in prefect.yaml, as objects: validated in tests, registered by
+`distill deploy`, served by `distill serve`.
 
-prefect.yaml is the one declaration (``prefect deploy --all`` registers it with a server
-for work-pool workers). This module reads the same file and builds ``RunnerDeployment``s
-from it, so a machine without workers can serve the same deployments from this checkout:
+prefect.yaml is the one declaration (``prefect deploy --all`` registers it in the docker
+image, whose code lives in /app). This module reads the same file and builds
+``RunnerDeployment``s from it, for this checkout:
 
     deployments = load_deployments()            # validates entrypoints, parameters, triggers
-    serve_deployments(deployments)               # or: distill serve
+    deploy_deployments(pool="distill", db=...)   # or: distill deploy (work-pool workers run them)
+    serve_deployments(deployments)               # or: distill serve (this process runs them)
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ def _triggers(spec: dict[str, Any]) -> list[Any]:
     return _initialize_deployment_triggers(spec["name"], [dict(t) for t in spec.get("triggers") or []])
 
 
-def load_deployments(path: str | Path = PREFECT_YAML, names: list[str] | None = None) -> list[Any]:
-    """RunnerDeployments for the deployments of prefect.yaml (all, or those named)."""
+def load_deployments(path: str | Path = PREFECT_YAML, names: list[str] | None = None,
+                     db: str | None = None) -> list[Any]:
+    """RunnerDeployments for the deployments of prefect.yaml (all, or those named); with
+    ``db``, each one's parameters point at that database."""
     from prefect.flows import load_flow_from_entrypoint
 
     specs = read_prefect_yaml(path)
@@ -64,6 +68,8 @@ def load_deployments(path: str | Path = PREFECT_YAML, names: list[str] | None = 
     for spec in specs:
         if names and spec["name"] not in names:
             continue
+        if db is not None:
+            spec = with_database(spec, db)
         file, _, func = spec["entrypoint"].partition(":")
         flow = load_flow_from_entrypoint(f"{ROOT / file}:{func}")
         flow.validate_parameters(spec.get("parameters") or {})  # the defaults the deployment runs with
@@ -72,6 +78,36 @@ def load_deployments(path: str | Path = PREFECT_YAML, names: list[str] | None = 
             parameters=spec.get("parameters") or {}, schedules=_schedules(spec), triggers=_triggers(spec),
         ))
     return out
+
+
+def with_database(spec: dict[str, Any], db: str) -> dict[str, Any]:
+    """A deployment's parameters with the project's database in them, so every deployment
+    of one project (and every run a trigger starts) works on the same file."""
+    params = dict(spec.get("parameters") or {})
+    if spec["entrypoint"].endswith(":pipeline_flow"):
+        params["config"] = {**(params.get("config") or {}), "db": db}
+    else:
+        params["db"] = db
+    return {**spec, "parameters": params}
+
+
+def deploy_deployments(names: list[str] | None = None, *, pool: str = "distill", db: str) -> list[str]:
+    """Register the deployments (all, or those named) with the server for ``pool``'s workers,
+    creating the pool (a process pool) when it is missing; their runs use database ``db``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    done = []
+    for deployment in load_deployments(names=names, db=db):
+        deployment.apply(work_pool_name=pool)
+        done.append(f"{deployment.flow_name}/{deployment.name}")
+    return done
 
 
 def serve_deployments(deployments: list[Any]) -> None:
