@@ -32,8 +32,16 @@ from generators.templates import load_template
 from storage.records import FilterDecision
 
 _NUM = r"(\d+(?:\.\d+)?)"
-_PAIR_LINE = re.compile(rf"scores?\s*[:=\-]?\s*\**\s*{_NUM}\s*(?:/\s*10\s*)?(?:,|;|/|\band\b|\s)\s*{_NUM}", re.I)
-_BARE_PAIR = re.compile(rf"^\W*{_NUM}\s*(?:,|;|\s)\s*{_NUM}\W*$")  # not '8/10': that is one score
+# "8/10" and "8 out of 10" are ONE score and its scale: a slash never separates two scores
+# (a judge's "Scores: 8/10" is not the pair (8, 10)), so "Scores: 8/6" does not parse either.
+_OUT_OF = r"(?:\s*(?:/|\bout\s+of\b)\s*\d+(?:\.\d+)?)?"
+_SEP = r"\s*(?:,|;|\band\b|\s)\s*"
+_PAIR_LINE = re.compile(rf"scores?\s*[:=\-]?\s*\**\s*{_NUM}{_OUT_OF}{_SEP}{_NUM}", re.I)  # Scores: 8 6
+_BARE_PAIR = re.compile(rf"^\W*{_NUM}{_OUT_OF}{_SEP}{_NUM}{_OUT_OF}\W*$", re.I)  # 8 6, 8/10, 6/10
+_LABEL = r"assistant\s*{n}\b(?:'s)?(?:\s+score)?\W*"  # "Assistant 1:", "Assistant 1's score:"
+_LABELLED_PAIR = re.compile(rf"^\W*(?:scores?\W*)?{_LABEL.format(n=1)}{_NUM}{_OUT_OF}\W*(?:and\W*)?"
+                            rf"{_LABEL.format(n=2)}{_NUM}{_OUT_OF}\W*$", re.I)  # Assistant 1: 8, Assistant 2: 6
+_LABELLED_ONE = {n: re.compile(rf"^\W*{_LABEL.format(n=n)}{_NUM}{_OUT_OF}\W*$", re.I) for n in (1, 2)}
 _SINGLE_LINE = re.compile(rf"score\s*[:=\-]?\s*\**\s*{_NUM}(?:\s*/\s*10)?", re.I)
 _BARE_SINGLE = re.compile(rf"^\W*{_NUM}\s*(?:/\s*10)?\W*$")
 
@@ -132,23 +140,47 @@ def _in_range(values: tuple[float, ...], lo: float, hi: float) -> bool:
     return all(lo <= v <= hi for v in values)
 
 
-def _split_last(text: str, line_re: re.Pattern[str], bare_re: re.Pattern[str],
-                n: int) -> tuple[tuple[float, ...], str] | None:
+Match = Callable[[list[str], int], "tuple[tuple[float, ...], int] | None"]
+
+
+def _pair_at(lines: list[str], i: int) -> tuple[tuple[float, ...], int] | None:
+    """The two scores a verdict names at line ``i`` and how many lines they take: one line
+    (``Scores: 8 6``, ``8/10, 6/10``, ``Assistant 1: 8, Assistant 2: 6``) or two
+    (``Assistant 1: 8`` then ``Assistant 2: 6``). A line naming one score is no pair."""
+    line = lines[i].strip()
+    m = _PAIR_LINE.search(line) or _BARE_PAIR.match(line) or _LABELLED_PAIR.match(line)
+    if m:
+        return (float(m.group(1)), float(m.group(2))), 1
+    if i + 1 < len(lines):
+        first, second = _LABELLED_ONE[1].match(line), _LABELLED_ONE[2].match(lines[i + 1].strip())
+        if first and second:
+            return (float(first.group(1)), float(second.group(1))), 2
+    return None
+
+
+def _single_at(lines: list[str], i: int) -> tuple[tuple[float, ...], int] | None:
+    m = _SINGLE_LINE.search(lines[i]) or _BARE_SINGLE.match(lines[i].strip())
+    return ((float(m.group(1)),), 1) if m else None
+
+
+def _split_last(text: str, match: Match) -> tuple[tuple[float, ...], str] | None:
+    """Scores on (one of) the last lines, and the explanation above them."""
     lines = (text or "").strip().splitlines()
     for i in range(len(lines) - 1, -1, -1):
-        m = line_re.search(lines[i]) or bare_re.match(lines[i].strip())
-        if m:
-            values = tuple(float(g) for g in m.groups()[:n])
-            return values, "\n".join(lines[:i]).strip()
+        got = match(lines, i)
+        if got:
+            return got[0], "\n".join(lines[:i]).strip()
         if lines[i].strip() and i < len(lines) - 1 - 2:
             break  # the scores belong on (one of) the last lines
     return None
 
 
 def parse_pairwise(text: str, lo: float = 1, hi: float = 10) -> tuple[tuple[float, float], str] | None:
-    """((score 1, score 2), explanation) from a verdict whose last line holds the two
-    scores (``Scores: 8 6``, ``Scores: 8/10, 6/10`` or just ``8 6``); None if it has none."""
-    got = _split_last(text, _PAIR_LINE, _BARE_PAIR, 2)
+    """((score 1, score 2), explanation) from a verdict that names both scores on its last
+    lines, as ``Scores: 8 6``, ``Scores: 8/10, 6/10``, ``8 6`` or ``Assistant 1: 8`` /
+    ``Assistant 2: 6``. None if it does not name two scores in range there
+    (``Score: 8/10`` is one score)."""
+    got = _split_last(text, _pair_at)
     if got is None or not _in_range(got[0], lo, hi):
         return None
     return (got[0][0], got[0][1]), got[1]
@@ -156,7 +188,7 @@ def parse_pairwise(text: str, lo: float = 1, hi: float = 10) -> tuple[tuple[floa
 
 def parse_single(text: str, lo: float = 1, hi: float = 10) -> tuple[float, str] | None:
     """(score, explanation) from a verdict ending in ``Score: 7`` (or ``7/10``); None if none."""
-    got = _split_last(text, _SINGLE_LINE, _BARE_SINGLE, 1)
+    got = _split_last(text, _single_at)
     if got is None or not _in_range(got[0], lo, hi):
         return None
     return got[0][0], got[1]

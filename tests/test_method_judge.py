@@ -35,6 +35,41 @@ def test_parse_verdicts():
     assert parse_single("Score: 0") is None and parse_single("good") is None
 
 
+@pytest.mark.parametrize("text", [
+    "Score: 8/10", "Scores: 8/10", "Reasons.\nScores: 8/10", "Scores: 8 / 10", "Score: 8 out of 10", "8/10",
+    "Scores: 10/10", "Scores: 8/6",  # a slash is a scale, never a separator: 8/6 is no pair either
+    "Assistant 1: 8", "Assistant 1: 8\nBoth are fine.", "Assistant 12: 8\nAssistant 2: 6",
+])
+def test_a_verdict_naming_one_score_is_not_a_pair(text):
+    assert parse_pairwise(text) is None
+
+
+@pytest.mark.parametrize("text, scores", [
+    ("Scores: 8 6", (8.0, 6.0)),
+    ("Scores: 8/10, 6/10", (8.0, 6.0)),
+    ("Scores: 8/10 6/10", (8.0, 6.0)),
+    ("Scores: 8 and 6", (8.0, 6.0)),
+    ("Scores - 8; 6", (8.0, 6.0)),
+    ("Score: 8 6", (8.0, 6.0)),
+    ("Final scores: 8 and 6.", (8.0, 6.0)),
+    ("Scores: 8 out of 10 and 6 out of 10", (8.0, 6.0)),
+    ("8 6", (8.0, 6.0)),
+    ("8, 6", (8.0, 6.0)),
+    ("8/10, 6/10", (8.0, 6.0)),
+    ("Assistant 1: 8\nAssistant 2: 6", (8.0, 6.0)),
+    ("**Assistant 1**: 8/10\n**Assistant 2**: 6/10", (8.0, 6.0)),
+    ("Assistant 1: 8/10, Assistant 2: 6/10", (8.0, 6.0)),
+    ("Assistant 1's score: 8, Assistant 2's score: 6", (8.0, 6.0)),
+])
+def test_a_verdict_naming_two_scores_parses(text, scores):
+    assert parse_pairwise("Why.\n" + text) == (scores, "Why.")
+
+
+def test_scores_on_another_scale():
+    assert parse_pairwise("Scores: 4/5 3/5", lo=1, hi=5) == ((4.0, 3.0), "")
+    assert parse_pairwise("Scores: 4/5", lo=1, hi=5) is None
+
+
 async def test_pairwise_swaps_positions_and_averages():
     # A position-biased judge: always +2 for whatever is shown first.
     base = {"teacher answer": 8, "student answer": 5}
