@@ -2,7 +2,10 @@
 
 - **Pairwise** (``ajudge_pairwise``): two answers to one question, each scored 1-10 for
   helpfulness, relevance, accuracy and level of detail. The judge writes its explanation
-  first and the two scores on a last line ``Scores: <1> <2>``. Judges favour a position,
+  first and the two scores on a last line ``Scores: <1> <2>`` (Zheng et al.), or, with
+  ``verdict_order="scores_first"``, the two scores alone on its first line and the
+  explanation after them (Lion's referee). A verdict counts only when it names two scores
+  (``Score: 8/10`` is one score on a scale of 10, not the pair 8, 10). Judges favour a position,
   so each pair is judged twice with the answers swapped and the two scores of each answer
   are averaged. Lion's discrimination step uses the gap between teacher and student.
 - **Single answer** (``ajudge_single``): one answer scored 1-10 (``Score: <n>``), e.g. for
@@ -46,6 +49,12 @@ _SINGLE_LINE = re.compile(rf"score\s*[:=\-]?\s*\**\s*{_NUM}(?:\s*/\s*10)?", re.I
 _BARE_SINGLE = re.compile(rf"^\W*{_NUM}\s*(?:/\s*10)?\W*$")
 
 
+VerdictOrder = Literal["explanation_first", "scores_first"]
+# The pairwise prompt of each verdict order (generators/templates/<name>.yaml).
+PAIRWISE_TEMPLATES: dict[str, str] = {"explanation_first": "judge_pairwise",
+                                      "scores_first": "judge_pairwise_scores_first"}
+
+
 class JudgeConfig(BaseModel):
     """Knobs of the judge."""
 
@@ -59,6 +68,11 @@ class JudgeConfig(BaseModel):
     max_tokens: int = Field(512, ge=1, description="Token limit of a verdict (explanation and scores).")
     max_retries: int = Field(2, ge=0, description="k: how many times an unparseable verdict is asked again.")
     swap_positions: bool = Field(True, description="Pairwise: judge each pair in both orders and average.")
+    verdict_order: VerdictOrder = Field(
+        "explanation_first", description="Pairwise: where the judge puts the two scores. explanation_first: "
+        "explanation, then 'Scores: <1> <2>' on the last line (template judge_pairwise, as in Zheng et al.); "
+        "scores_first: '<1> <2>' alone on the first line, then the explanation (template "
+        "judge_pairwise_scores_first, the order of Lion's referee). The parser reads that line.")
     min_score: float = Field(1, description="Lowest valid score; a verdict outside the range does not parse.")
     max_score: float = Field(10, description="Highest valid score.")
 
@@ -175,12 +189,22 @@ def _split_last(text: str, match: Match) -> tuple[tuple[float, ...], str] | None
     return None
 
 
-def parse_pairwise(text: str, lo: float = 1, hi: float = 10) -> tuple[tuple[float, float], str] | None:
-    """((score 1, score 2), explanation) from a verdict that names both scores on its last
-    lines, as ``Scores: 8 6``, ``Scores: 8/10, 6/10``, ``8 6`` or ``Assistant 1: 8`` /
-    ``Assistant 2: 6``. None if it does not name two scores in range there
-    (``Score: 8/10`` is one score)."""
-    got = _split_last(text, _pair_at)
+def _split_first(text: str, match: Match) -> tuple[tuple[float, ...], str] | None:
+    """Scores on the first non-empty line (Lion's referee), and the explanation below them."""
+    lines = (text or "").strip().splitlines()
+    got = match(lines, 0) if lines else None
+    if got is None:
+        return None
+    return got[0], "\n".join(lines[got[1]:]).strip()
+
+
+def parse_pairwise(text: str, lo: float = 1, hi: float = 10,
+                   order: VerdictOrder = "explanation_first") -> tuple[tuple[float, float], str] | None:
+    """((score 1, score 2), explanation) from a verdict that names both scores: on (one of)
+    its last lines (``explanation_first``) or its first line (``scores_first``), as
+    ``Scores: 8 6``, ``Scores: 8/10, 6/10``, ``8 6`` or ``Assistant 1: 8`` / ``Assistant 2: 6``.
+    None if it does not name two scores in range there (``Score: 8/10`` is one score)."""
+    got = (_split_first if order == "scores_first" else _split_last)(text, _pair_at)
     if got is None or not _in_range(got[0], lo, hi):
         return None
     return (got[0][0], got[0][1]), got[1]
@@ -231,13 +255,14 @@ async def ajudge_pairwise(teacher: Teacher, items: Sequence[PairwiseItem],
                           config: JudgeConfig | None = None) -> list[PairwiseVerdict]:
     """Score both answers of every item, in both orders when ``swap_positions``; one batch."""
     config = config or JudgeConfig()
-    template = load_template("judge_pairwise")
+    template = load_template(PAIRWISE_TEMPLATES[config.verdict_order])
     prompts = []
     for it in items:
         prompts.append(template.render(question=it.question, answer_1=it.answer_a, answer_2=it.answer_b))
         if config.swap_positions:
             prompts.append(template.render(question=it.question, answer_1=it.answer_b, answer_2=it.answer_a))
-    answers = await _ask(teacher, prompts, lambda t: parse_pairwise(t, config.min_score, config.max_score),
+    answers = await _ask(teacher, prompts,
+                         lambda t: parse_pairwise(t, config.min_score, config.max_score, config.verdict_order),
                          config, "judge.pairwise")
     per_item = 2 if config.swap_positions else 1
     verdicts = []

@@ -94,6 +94,46 @@ async def test_pairwise_swaps_positions_and_averages():
     assert (v.score_a, v.score_b, len(v.calls)) == (10.0, 5.0, 1)
 
 
+def test_parse_scores_first():
+    first = dict(order="scores_first")
+    assert parse_pairwise("8 6\nThe first answer is more detailed.", **first) == (
+        (8.0, 6.0), "The first answer is more detailed.")
+    assert parse_pairwise("\nScores: 8/10, 6/10\nWhy.\nMore why.", **first) == ((8.0, 6.0), "Why.\nMore why.")
+    assert parse_pairwise("Assistant 1: 8\nAssistant 2: 6\nWhy.", **first) == ((8.0, 6.0), "Why.")
+    assert parse_pairwise("7.5 9", **first) == ((7.5, 9.0), "")
+    # The scores belong on the first line: an explanation-first verdict does not parse in
+    # this mode, nor does one score.
+    assert parse_pairwise("The first is better.\nScores: 8 6", **first) is None
+    assert parse_pairwise("8/10\nGood.", **first) is None
+    assert parse_pairwise("11 6\nWhy.", **first) is None
+
+
+async def test_scores_first_template_swaps_and_averages():
+    base = {"teacher answer": 8, "student answer": 5}
+
+    def script(req):  # position-biased, scores on the first line
+        first = first_answer(req)
+        second = next(a for a in base if a != first)
+        return f"{min(10, base[first] + 2)} {base[second]}\nThe first one is better."
+
+    teacher = ScriptedTeacher(script)
+    item = PairwiseItem(id="s1", question="Q?", answer_a="teacher answer", answer_b="student answer")
+    config = JudgeConfig(verdict_order="scores_first")
+    [v] = await ajudge_pairwise(teacher, [item], config)
+    assert v.ok and (v.score_a, v.score_b, v.winner) == (9.0, 6.0, "a")
+    assert [c.scores for c in v.calls] == [(10.0, 5.0), (7.0, 8.0)]
+    assert v.template_version == "judge_pairwise_scores_first@1"
+    assert all(c.explanation == "The first one is better." for c in v.calls)
+    prompt = prompt_text(teacher.calls[0])
+    assert "one line holding only the two scores" in prompt and "Scores: <score of" not in prompt
+    assert [first_answer(r) for r in teacher.calls] == ["teacher answer", "student answer"]
+
+    # A judge that ignores the order and explains first is asked again, then fails.
+    late = ScriptedTeacher(lambda r: "The first one is better.\nScores: 8 6")
+    [v] = await ajudge_pairwise(late, [item], JudgeConfig(verdict_order="scores_first", max_retries=1))
+    assert not v.ok and v.error == "unparseable verdict after 2 attempts" and len(late.calls) == 4
+
+
 async def test_tie():
     [v] = await ajudge_pairwise(ScriptedTeacher(lambda r: "Same.\nScores: 6 6"),
                          [PairwiseItem(question="Q", answer_a="x", answer_b="y")])
@@ -138,3 +178,5 @@ async def test_single_scoring_and_decision():
 def test_config_validation():
     with pytest.raises(ValidationError):
         JudgeConfig(min_score=10, max_score=1)
+    with pytest.raises(ValidationError, match="verdict_order"):
+        JudgeConfig(verdict_order="scores_last")
