@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from generators.common import make_request
 from generators.teachers.base import Teacher
 from generators.templates import load_template
-from storage.records import FilterDecision
+from storage.records import FilterDecision, PairwiseJudgment
 
 _NUM = r"(\d+(?:\.\d+)?)"
 # "8/10" and "8 out of 10" are ONE score and its scale: a slash never separates two scores
@@ -126,6 +126,25 @@ class PairwiseVerdict(BaseModel):
     def gap(self) -> float | None:
         """score_a - score_b (Lion: a large gap marks a hard instruction for the student)."""
         return None if not self.ok else self.score_a - self.score_b
+
+    def to_judgment(self, *, instruction_id: str, sample_a: str, sample_b: str, model_a: str | None,
+                    model_b: str | None, judge_model: str, run_id: str | None = None) -> PairwiseJudgment:
+        """The stored row: both orders' raw verdicts, their scores per answer, the averages
+        (a failed verdict: ok false, its error, no scores)."""
+        shown, swapped = self.calls[0], (self.calls[1] if len(self.calls) > 1 else None)
+        per_order: dict[str, Any] = {}
+        for prefix, call, a_at in (("ab", shown, 0), ("ba", swapped, 1)):
+            if call is None:
+                continue
+            scores = call.scores if call.ok else None
+            per_order |= {f"{prefix}_score_a": scores[a_at] if scores else None,
+                          f"{prefix}_score_b": scores[1 - a_at] if scores else None,
+                          f"{prefix}_text": call.text, f"{prefix}_request_key": call.request_key}
+        return PairwiseJudgment(instruction_id=instruction_id, sample_a=sample_a, sample_b=sample_b,
+                                model_a=model_a, model_b=model_b, judge_model=judge_model, ok=self.ok,
+                                score_a=self.score_a, score_b=self.score_b, winner=self.winner,
+                                error=self.error, template_version=self.template_version, run_id=run_id,
+                                **per_order)
 
 
 class SingleVerdict(BaseModel):

@@ -90,8 +90,19 @@ async def test_pairwise_swaps_positions_and_averages():
     assert v.template_version == "judge_pairwise@1" and all(c.explanation == "Explanation here." for c in v.calls)
     assert teacher.calls[0].params.temperature == 0.0
 
+    row = v.to_judgment(instruction_id="i", sample_a="sa", sample_b="sb", model_a="t", model_b="s",
+                        judge_model="j", run_id="r")
+    assert (row.ok, row.score_a, row.score_b, row.winner, row.error) == (True, 9.0, 6.0, "a", None)
+    # Scores per answer in each order: A got 10 shown first, 8 shown second.
+    assert (row.ab_score_a, row.ab_score_b, row.ba_score_a, row.ba_score_b) == (10.0, 5.0, 8.0, 7.0)
+    assert row.ab_text == "Explanation here.\nScores: 10 5" and row.ba_text == "Explanation here.\nScores: 7 8"
+    assert (row.ab_request_key, row.ba_request_key) == (v.calls[0].request_key, v.calls[1].request_key)
+    assert row.template_version == "judge_pairwise@1" and row.run_id == "r"
+
     [v] = await ajudge_pairwise(ScriptedTeacher(script), [item], JudgeConfig(swap_positions=False))
     assert (v.score_a, v.score_b, len(v.calls)) == (10.0, 5.0, 1)
+    row = v.to_judgment(instruction_id="i", sample_a="sa", sample_b="sb", model_a="t", model_b="s", judge_model="j")
+    assert (row.ab_score_a, row.ba_score_a, row.ba_text) == (10.0, None, None)
 
 
 def test_parse_scores_first():
@@ -154,6 +165,9 @@ async def test_unparseable_verdict_is_retried_with_a_new_sample_then_fails():
     assert v.calls[0].ok and v.calls[0].attempts == 2 and v.calls[0].scores == (7.0, 4.0)
     assert not v.calls[1].ok and v.calls[1].attempts == 3
     assert v.error == "unparseable verdict after 3 attempts"
+    row = v.to_judgment(instruction_id="i", sample_a="sa", sample_b="sb", model_a="t", model_b="s", judge_model="j")
+    assert (row.ok, row.score_a, row.winner, row.error) == (False, None, None, "unparseable verdict after 3 attempts")
+    assert (row.ab_score_a, row.ab_score_b, row.ba_score_a, row.ba_text) == (7.0, 4.0, None, "No scores here.")
     retries = [r for r in teacher.calls if r.sample_index > 0]
     assert {r.params.temperature for r in retries} == {0.7}
     assert sorted(r.sample_index for r in teacher.calls) == [0, 0, 1, 1, 2]
