@@ -136,7 +136,8 @@ async def test_scores_first_template_swaps_and_averages():
     assert v.template_version == "judge_pairwise_scores_first@1"
     assert all(c.explanation == "The first one is better." for c in v.calls)
     prompt = prompt_text(teacher.calls[0])
-    assert "one line holding only the two scores" in prompt and "Scores: <score of" not in prompt
+    assert "Begin your reply with a line holding only the two scores" in prompt
+    assert "\n<score of Assistant 1> <score of Assistant 2>\n" in prompt and "Scores: <score of" not in prompt
     assert [first_answer(r) for r in teacher.calls] == ["teacher answer", "student answer"]
 
     # A judge that ignores the order and explains first is asked again, then fails.
