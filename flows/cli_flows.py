@@ -93,7 +93,7 @@ class _Bars:
 
     def __call__(self, stage: str, done: float, total: float, info: dict[str, Any]) -> None:
         label = {"generate": "generate (kept)", "curate": "curate (judged)", "judge": "curate (LLM judge)",
-                 "train": "train (steps)"}.get(stage, stage)
+                 "compare": "curate (pairwise judge)", "train": "train (steps)"}.get(stage, stage)
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(label, total=total or None, info="")
         text = ""
@@ -135,7 +135,7 @@ GENERATE_KEYS = ["status", "target", "kept", "requested", "sent", "cached", "fai
                  "duplicates_of_other_runs", "dropped", "requests_used", "request_budget", "tokens_used",
                  "elapsed_s", "message"]
 CURATE_KEYS = ["dataset", "version", "rows", "train", "eval", "new_rows", "candidates", "judged", "kept", "dropped",
-               "judge", "exports", "event", "message"]
+               "judge", "compare", "exports", "event", "message"]
 TRAIN_KEYS = ["dataset", "version", "method", "final_loss", "checkpoint", "training_run_id", "message"]
 
 

@@ -181,6 +181,60 @@ class CurateJudgeConfig(_Section):
         return self
 
 
+class CurateCompareConfig(_Section):
+    """The pairwise LLM judge in curate: which of two sources answers the same instructions
+    better (``generators.judge.ajudge_pairwise``; Zheng et al., and Lion's discrimination).
+
+    A source is the samples stored under one ``samples.teacher_model`` name: two teachers,
+    or a teacher and a student checkpoint whose answers were stored by a generate run with
+    ``teacher: {backend: transformers, model_path: <checkpoint>, model: <name>}``. Each
+    instruction answered by both is one pair (the earliest stored answer of each); the judge
+    scores it in both orders (``params.swap_positions``) and the averages land in
+    ``pairwise_judgments``, one row per pair and judge model, failed verdicts included, so a
+    re-run judges and pays for nothing twice. The comparison does not change the dataset.
+    """
+
+    enabled: bool = Field(True, description="Run the comparison (false keeps the section but skips the step).")
+    a: str = Field(
+        min_length=1,
+        description="Source A: the samples.teacher_model whose answers are shown as answer A "
+        "(e.g. the teacher, 'gpt-4o-mini').",
+    )
+    b: str = Field(
+        min_length=1,
+        description="Source B: the samples.teacher_model of the answers compared with A's "
+        "(e.g. a student checkpoint's answers, stored under the name its teacher config's model gave them).",
+    )
+    max_pairs: int | None = Field(
+        None, ge=1,
+        description="Most pairs judged in one curate run (oldest instructions first); None = every "
+        "pair this judge has not judged yet. The rest wait for a later run.",
+    )
+    batch_size: int = Field(
+        16, ge=1, le=1024,
+        description="Pairs per judge task (one Prefect task, one ajudge_pairwise call: two requests a "
+        "pair with swap_positions); each finished batch's verdicts are stored at once.",
+    )
+    params: JudgeConfig = Field(
+        default_factory=JudgeConfig,
+        description="The judge's own knobs: verdict_order (explanation_first | scores_first), "
+        "swap_positions, temperature, retry_temperature, max_tokens, max_retries, request_format, "
+        "system_prompt, and the score scale min_score/max_score.",
+    )
+    teacher: TeacherConfig | None = Field(
+        None,
+        description="The judge model. Default: the pipeline's teacher (the top-level teacher "
+        "section; the embedded default teacher when curate runs without one).",
+    )
+
+    @model_validator(mode="after")
+    def _two_sources(self) -> "CurateCompareConfig":
+        if self.a == self.b:
+            raise ValueError(f"compare.a and compare.b both name {self.a!r}: name two different "
+                             "samples.teacher_model values")
+        return self
+
+
 class CurateConfig(_Section):
     """Which filters to run over stored samples, and the dataset version to freeze."""
 
@@ -212,6 +266,12 @@ class CurateConfig(_Section):
         None,
         description="LLM judge over the samples the filters kept and no judge scored yet; its "
         "decisions (filter 'judge') drop low-scored samples from the dataset. None: no judge.",
+    )
+    compare: CurateCompareConfig | None = Field(
+        None,
+        description="Pairwise LLM judge comparing two sources' answers to the same instructions "
+        "(compare.a vs compare.b, by samples.teacher_model), both orders averaged, stored in "
+        "pairwise_judgments; the dataset is not affected. None: no comparison.",
     )
     emit_event: bool = Field(True, description="Emit distill.dataset.ready when a version is frozen.")
     min_new_rows_for_event: int = Field(

@@ -22,9 +22,23 @@
    and raise ``judge.params.max_retries`` (new retries are new requests). The judge runs
    after the filters, so a quality filter's ``min_judge_score`` only sees scores stored by
    earlier runs; ``judge.min_score`` is the threshold of this step.
-3. The samples no filter dropped are frozen into a new immutable version of the dataset
+3. With ``curate.compare`` set, the pairwise judge (``generators.judge.ajudge_pairwise``)
+   compares two sources' answers to the same instructions: ``compare.a`` and ``compare.b``
+   name ``samples.teacher_model`` values (two teachers, or a teacher and a student
+   checkpoint whose answers a generate run stored with ``teacher: {backend: transformers,
+   model_path: <checkpoint>, model: <name>}``). Every instruction both answered is one pair
+   (the earliest stored answer of each, whichever generate run stored it; ``generate_run``
+   does not restrict it). Each pair this judge model has not judged yet is judged in both
+   orders, in batches of ``compare.batch_size`` through the request ledger, and stored as a
+   ``pairwise_judgments`` row: both raw verdicts, each order's scores, the averages and the
+   winner; a verdict that never parsed is stored with ok=false and its error, and not judged
+   again (delete the row, and raise ``compare.params.max_retries``, to retry it). The
+   ``pairwise_standings`` view sums them up per (a, b, judge). The dataset is not affected;
+   mind that the default dataset selection takes every kept sample, a student's answers
+   stored in the same database included: restrict it with ``curate.sql`` or ``generate_run``.
+4. The samples no filter dropped are frozen into a new immutable version of the dataset
    (``storage.datasets.create_dataset`` with the SQL that selected them, stored with it).
-4. The version is exported (JSONL, Parquet, HF datasets) and, when it holds enough rows
+5. The version is exported (JSONL, Parquet, HF datasets) and, when it holds enough rows
    the previous version did not, the ``distill.dataset.ready`` event is emitted with the
    version in its payload: the retraining deployment (prefect.yaml) listens for it.
 """
@@ -43,10 +57,10 @@ from core.errors import InputError
 from core.text import format_prompt
 from flows import queries, reports
 from flows.artifacts import Progress, artifact_key
-from flows.config import CurateConfig, CurateJudgeConfig, _without_secrets
+from flows.config import CurateCompareConfig, CurateConfig, CurateJudgeConfig, _without_secrets
 from flows.filtering import SampleFilters, SampleItem
 from flows.runs import flow_run_name, recorded_run, resolve_run_name, run_id_for, run_sync
-from generators.judge import SingleItem, ajudge_single
+from generators.judge import PairwiseItem, SingleItem, ajudge_pairwise, ajudge_single
 from generators.teachers.config import TeacherConfig, default_teacher
 from storage.datasets import create_dataset, export_dataset
 from storage.store import Store
@@ -110,8 +124,9 @@ def judge_batch(index: int, rows: list[dict[str, Any]], teacher: Any, config: Cu
            "requests": sum(v.call.attempts for v in verdicts)}
 
 
-def judge_teacher_config(config: CurateJudgeConfig, teacher: TeacherConfig | None) -> TeacherConfig:
-    """The judge's teacher: ``judge.teacher``, else the pipeline's, else the default teacher."""
+def judge_teacher_config(config: CurateJudgeConfig | CurateCompareConfig,
+                         teacher: TeacherConfig | None) -> TeacherConfig:
+    """The judge's teacher: the section's ``teacher``, else the pipeline's, else the default teacher."""
     return config.teacher or teacher or default_teacher()
 
 
@@ -148,6 +163,77 @@ def _judge(store: Store, run_id: str, run_name: str, only_run: str | None, confi
     return totals
 
 
+@task(name="compare-batch", task_run_name="compare-batch-{index}", cache_policy=NO_CACHE)
+def compare_batch(index: int, rows: list[dict[str, Any]], teacher: Any, config: CurateCompareConfig, store: Store,
+                  run_id: str) -> dict[str, Any]:
+    """Judge one batch of pairs in both orders; store one ``pairwise_judgments`` row per pair
+    (a failed verdict too: ok false, with its error, never a made-up score)."""
+    items = [PairwiseItem(id=str(k), question=format_prompt(r["instruction"], r["input"]), answer_a=r["response_a"],
+                          answer_b=r["response_b"]) for k, r in enumerate(rows)]
+
+    async def _judge():
+        try:
+            return await ajudge_pairwise(teacher, items, config.params)
+        finally:
+            await teacher.adetach()  # loop-bound clients: the next batch runs in a new loop
+
+    verdicts = run_sync(_judge())
+    records = [v.to_judgment(instruction_id=r["instruction_id"], sample_a=r["sample_a"], sample_b=r["sample_b"],
+                             model_a=config.a, model_b=config.b, judge_model=teacher.model, run_id=run_id)
+               for r, v in zip(rows, verdicts)]
+    store.ingest(records)
+    return {"judged": len(records), "a_wins": sum(v.winner == "a" for v in verdicts),
+            "b_wins": sum(v.winner == "b" for v in verdicts), "ties": sum(v.winner == "tie" for v in verdicts),
+            "failed": sum(not v.ok for v in verdicts), "requests": sum(c.attempts for v in verdicts for c in v.calls)}
+
+
+def _compare(store: Store, run_id: str, run_name: str, config: CurateCompareConfig, teacher: TeacherConfig | None,
+             logger) -> dict[str, Any]:
+    sources = [config.a, config.b, config.a, config.b]
+    pairs = store.query(queries.COMPARE_PAIR_COUNT, sources)[0]["n"]
+    totals: dict[str, Any] = {"a": config.a, "b": config.b, "judge": None, "pairs": pairs, "candidates": 0,
+                              "judged": 0, "a_wins": 0, "b_wins": 0, "ties": 0, "failed": 0, "requests": 0,
+                              "sent": 0, "not_judged": 0, "standings": None}
+    if not pairs:
+        logger.warning("compare: no instruction has answers from both %r and %r (samples.teacher_model)",
+                       config.a, config.b)
+        return totals
+    from generators.teachers import build_teacher
+
+    tcfg = judge_teacher_config(config, teacher)
+    judge = build_teacher(tcfg, store=store, run_id=run_id)
+    try:
+        totals["judge"] = judge.model
+        rows = store.query(queries.COMPARE_CANDIDATES, [*sources, judge.model])
+        totals["candidates"] = waiting = len(rows)
+        sent_before = store.query(queries.RUN_REQUESTS_SENT, [run_id])[0]["n"]
+        if config.max_pairs is not None:
+            rows = rows[: config.max_pairs]
+        if rows:
+            logger.info("compare: %d pairs %s vs %s (of %d not judged yet) with %s/%s", len(rows), config.a,
+                        config.b, waiting, tcfg.backend, judge.model)
+            progress = Progress(artifact_key("curate", run_name, "compare-progress"), "Pairs judged",
+                                stage="compare")
+            try:
+                for i in range(0, len(rows), config.batch_size):
+                    out = compare_batch(i // config.batch_size + 1, quote(rows[i: i + config.batch_size]),
+                                        quote(judge), config, quote(store), run_id)
+                    for k in ("judged", "a_wins", "b_wins", "ties", "failed", "requests"):
+                        totals[k] += out[k]
+                    progress.update(totals["judged"], len(rows))
+            finally:
+                progress.finish()
+    finally:
+        judge.close()
+    # Requests this step paid for (the rest of totals["requests"] were answered by the ledger).
+    totals["sent"] = store.query(queries.RUN_REQUESTS_SENT, [run_id])[0]["n"] - sent_before
+    totals["not_judged"] = totals["candidates"] - totals["judged"]
+    # Standings over every verdict this judge stored for a vs b (this run's and earlier ones).
+    standings = store.query(queries.PAIRWISE_STANDINGS, [config.a, config.b, judge.model])
+    totals["standings"] = standings[0] if standings else None
+    return totals
+
+
 @flow(name="curate", flow_run_name=flow_run_name("curate"), log_prints=True)
 def curate_flow(
     run_name: str = "default",
@@ -175,6 +261,9 @@ def curate_flow(
     params = {"curate": curate.model_dump(mode="json"), "generate_run": generate_run}
     if curate.judge is not None and curate.judge.enabled:
         params["judge_teacher"] = _without_secrets(judge_teacher_config(curate.judge, teacher).model_dump(mode="json"))
+    if curate.compare is not None and curate.compare.enabled:
+        params["compare_teacher"] = _without_secrets(
+            judge_teacher_config(curate.compare, teacher).model_dump(mode="json"))
     with recorded_run(store, "curate", run_name, params) as run:
         summary = _curate(store, run.id, run_name, curate, generate_run, logger, teacher)
         run.finish("completed", summary)
@@ -205,6 +294,9 @@ def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, gene
     judge_on = config.judge is not None and config.judge.enabled
     if judge_on:
         totals["judge"] = _judge(store, run_id, run_name, only_run, config.judge, teacher, logger)
+    compare_on = config.compare is not None and config.compare.enabled
+    if compare_on:
+        totals["compare"] = _compare(store, run_id, run_name, config.compare, teacher, logger)
     judged_sql = JUDGED_SQL if judge_on and config.judge.require_verdict else ""
     where = "TRUE" if only_run is None else f"s.run_id = {queries.sql_literal(only_run)}"
     sql = config.sql or DATASET_SQL.format(where=where, judged=judged_sql)
@@ -236,6 +328,7 @@ def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, gene
     totals["message"] = (f"froze {info.name}@{info.version}: {info.n_rows} rows ({info.n_train} train, "
                          f"{info.n_eval} eval, {n_new} new); judged {totals['judged']} samples, kept "
                          f"{totals['kept']}" + (_judge_message(totals["judge"]) if judge_on else "")
+                         + (_compare_message(totals["compare"]) if compare_on else "")
                          + (f"; emitted {EVENT}" if emitted else ""))
     return totals
 
@@ -243,3 +336,12 @@ def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, gene
 def _judge_message(j: dict[str, Any]) -> str:
     return (f"; the judge scored {j['judged']}: kept {j['kept']}, {j['low_score']} below {j['min_score']:g}, "
             f"{j['judge_failed']} failed")
+
+
+def _compare_message(c: dict[str, Any]) -> str:
+    text = (f"; compared {c['a']} (a) with {c['b']} (b) on {c['judged']} new pairs: a won {c['a_wins']}, "
+            f"b won {c['b_wins']}, {c['ties']} ties, {c['failed']} failed")
+    st = c.get("standings")
+    if st and st["pairs"]:
+        text += f" (all {st['pairs']} judged pairs: mean a {st['mean_a']:g}, b {st['mean_b']:g})"
+    return text

@@ -1,7 +1,8 @@
 """Every SQL statement the flows run, in one place, with bound parameters.
 
 Queries build on the views of storage/migrations (``sample_view``, ``kept_samples``,
-``dropped_items``, ``run_drops``), so a predicate like "no filter dropped it" is written once, in SQL.
+``dropped_items``, ``run_drops``, ``pairwise_standings``), so a predicate like "no filter
+dropped it" is written once, in SQL.
 Values (run ids, names, versions) are always bound (``?``), never formatted into the
 text; ``for_display`` renders a query with its values inlined, for the SQL a report
 shows next to a number so it can be pasted into ``distill sql``.
@@ -101,6 +102,32 @@ RUN_REQUESTS_SENT = "SELECT count(*) AS n FROM requests WHERE run_id = ?"
 RUN_JUDGE_VERDICTS = """
 SELECT reason, kept, count(*) AS n, round(avg(score), 2) AS mean_score FROM filter_decisions
 WHERE run_id = ? AND filter = 'judge' GROUP BY ALL ORDER BY kept DESC, reason"""
+# curate.compare: per instruction, the earliest stored answer of source a and of source b
+# (samples.teacher_model; bound twice: a, b), paired.
+_COMPARE_PAIRS = """
+WITH firsts AS (
+    SELECT sample_id, instruction_id, instruction, input, response, teacher_model, created_at
+    FROM sample_view WHERE teacher_model IN (?, ?)
+    QUALIFY row_number() OVER (PARTITION BY instruction_id, teacher_model ORDER BY created_at, sample_id) = 1
+)
+SELECT a.instruction_id, a.instruction, a.input, a.sample_id AS sample_a, a.response AS response_a,
+       b.sample_id AS sample_b, b.response AS response_b
+FROM firsts a JOIN firsts b ON b.instruction_id = a.instruction_id
+WHERE a.teacher_model = ? AND b.teacher_model = ?"""
+# How many instructions both sources answered (params: a, b, a, b).
+COMPARE_PAIR_COUNT = f"SELECT count(*) AS n FROM ({_COMPARE_PAIRS})"
+# The pairs this judge has not judged yet, oldest first (params: a, b, a, b, judge model).
+COMPARE_CANDIDATES = _COMPARE_PAIRS + """
+  AND NOT EXISTS (SELECT 1 FROM pairwise_judgments p
+                  WHERE p.sample_a = a.sample_id AND p.sample_b = b.sample_id AND p.judge_model = ?)
+ORDER BY greatest(a.created_at, b.created_at), a.instruction_id"""
+RUN_PAIRWISE_VERDICTS = """
+SELECT model_a, model_b, judge_model, winner, ok, count(*) AS n, round(avg(score_a), 2) AS mean_a,
+       round(avg(score_b), 2) AS mean_b
+FROM pairwise_judgments WHERE run_id = ? GROUP BY ALL ORDER BY ALL"""
+PAIRWISE_STANDINGS = """
+SELECT pairs, a_wins, b_wins, ties, failed, round(mean_a, 2) AS mean_a, round(mean_b, 2) AS mean_b
+FROM pairwise_standings WHERE model_a = ? AND model_b = ? AND judge_model = ?"""
 COUNT_ROWS = "SELECT count(*) AS n FROM ({sql})"  # {sql}: a dataset SELECT, validated as one SELECT
 NEW_DATASET_ROWS = """
 SELECT count(*) AS n FROM dataset_items a

@@ -99,6 +99,12 @@ def publish_curate(store: Store, run_id: str, run_name: str, s: Mapping[str, Any
                        "judge: kept": j["kept"], "judge: dropped low_score": j["low_score"],
                        "judge: dropped judge_failed": j["judge_failed"], "judge: requests": j["requests"],
                        "judge: requests sent": j.get("sent", 0)})
+    if "compare" in s:
+        c = s["compare"]
+        counts.update({"compare: pairs": c["pairs"], "compare: not judged before": c["candidates"],
+                       "compare: judged": c["judged"], "compare: a wins": c["a_wins"], "compare: b wins": c["b_wins"],
+                       "compare: ties": c["ties"], "compare: failed": c["failed"], "compare: requests": c["requests"],
+                       "compare: requests sent": c["sent"]})
     counts.update({"dataset rows": s["rows"], "train": s["train"], "eval": s["eval"], "new rows": s["new_rows"]})
     artifacts.publish_counts(artifacts.artifact_key("curate", run_name, "counts"), counts,
                              f"Curation counts for run {run_name}")
@@ -119,6 +125,15 @@ def publish_curate(store: Store, run_id: str, run_name: str, s: Mapping[str, Any
             verdicts, sql=for_display(queries.RUN_JUDGE_VERDICTS, [run_id]))
         if s["judge"]["judged"]:
             stages += [("judge: scored", s["judge"]["judged"]), ("judge: kept", s["judge"]["kept"])]
+    if "compare" in s:
+        c = s["compare"]
+        r.heading(f"Pairwise judge: {c['a']} (a) vs {c['b']} (b), judged by {c['judge'] or '-'}")
+        if c.get("standings"):  # every verdict this judge stored for a vs b, earlier runs' included
+            r.text("Standings over every stored verdict of this judge (pairs: verdicts that parsed):").table(
+                [c["standings"]], sql=for_display(queries.PAIRWISE_STANDINGS, [c["a"], c["b"], c["judge"]]))
+        verdicts = store.query(queries.RUN_PAIRWISE_VERDICTS, [run_id])
+        r.heading("Pairwise verdicts of this run").table(
+            verdicts, sql=for_display(queries.RUN_PAIRWISE_VERDICTS, [run_id]))
     lengths = store.query(queries.DATASET_LENGTHS, [name, version])
     r.heading("Plots").image("Filter funnel", artifacts.funnel_chart(stages))
     r.image("Dataset lengths (words)", _lengths_chart(lengths, f"{name}@{version}: length in words"))

@@ -2,7 +2,10 @@
 
 - **Pairwise** (``ajudge_pairwise``): two answers to one question, each scored 1-10 for
   helpfulness, relevance, accuracy and level of detail. The judge writes its explanation
-  first and the two scores on a last line ``Scores: <1> <2>``. Judges favour a position,
+  first and the two scores on a last line ``Scores: <1> <2>`` (Zheng et al.), or, with
+  ``verdict_order="scores_first"``, the two scores alone on its first line and the
+  explanation after them (Lion's referee). A verdict counts only when it names two scores
+  (``Score: 8/10`` is one score on a scale of 10, not the pair 8, 10). Judges favour a position,
   so each pair is judged twice with the answers swapped and the two scores of each answer
   are averaged. Lion's discrimination step uses the gap between teacher and student.
 - **Single answer** (``ajudge_single``): one answer scored 1-10 (``Score: <n>``), e.g. for
@@ -29,13 +32,27 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from generators.common import make_request
 from generators.teachers.base import Teacher
 from generators.templates import load_template
-from storage.records import FilterDecision
+from storage.records import FilterDecision, PairwiseJudgment
 
 _NUM = r"(\d+(?:\.\d+)?)"
-_PAIR_LINE = re.compile(rf"scores?\s*[:=\-]?\s*\**\s*{_NUM}\s*(?:/\s*10\s*)?(?:,|;|/|\band\b|\s)\s*{_NUM}", re.I)
-_BARE_PAIR = re.compile(rf"^\W*{_NUM}\s*(?:,|;|\s)\s*{_NUM}\W*$")  # not '8/10': that is one score
+# "8/10" and "8 out of 10" are ONE score and its scale: a slash never separates two scores
+# (a judge's "Scores: 8/10" is not the pair (8, 10)), so "Scores: 8/6" does not parse either.
+_OUT_OF = r"(?:\s*(?:/|\bout\s+of\b)\s*\d+(?:\.\d+)?)?"
+_SEP = r"\s*(?:,|;|\band\b|\s)\s*"
+_PAIR_LINE = re.compile(rf"scores?\s*[:=\-]?\s*\**\s*{_NUM}{_OUT_OF}{_SEP}{_NUM}", re.I)  # Scores: 8 6
+_BARE_PAIR = re.compile(rf"^\W*{_NUM}{_OUT_OF}{_SEP}{_NUM}{_OUT_OF}\W*$", re.I)  # 8 6, 8/10, 6/10
+_LABEL = r"assistant\s*{n}\b(?:'s)?(?:\s+score)?\W*"  # "Assistant 1:", "Assistant 1's score:"
+_LABELLED_PAIR = re.compile(rf"^\W*(?:scores?\W*)?{_LABEL.format(n=1)}{_NUM}{_OUT_OF}\W*(?:and\W*)?"
+                            rf"{_LABEL.format(n=2)}{_NUM}{_OUT_OF}\W*$", re.I)  # Assistant 1: 8, Assistant 2: 6
+_LABELLED_ONE = {n: re.compile(rf"^\W*{_LABEL.format(n=n)}{_NUM}{_OUT_OF}\W*$", re.I) for n in (1, 2)}
 _SINGLE_LINE = re.compile(rf"score\s*[:=\-]?\s*\**\s*{_NUM}(?:\s*/\s*10)?", re.I)
 _BARE_SINGLE = re.compile(rf"^\W*{_NUM}\s*(?:/\s*10)?\W*$")
+
+
+VerdictOrder = Literal["explanation_first", "scores_first"]
+# The pairwise prompt of each verdict order (generators/templates/<name>.yaml).
+PAIRWISE_TEMPLATES: dict[str, str] = {"explanation_first": "judge_pairwise",
+                                      "scores_first": "judge_pairwise_scores_first"}
 
 
 class JudgeConfig(BaseModel):
@@ -51,6 +68,11 @@ class JudgeConfig(BaseModel):
     max_tokens: int = Field(512, ge=1, description="Token limit of a verdict (explanation and scores).")
     max_retries: int = Field(2, ge=0, description="k: how many times an unparseable verdict is asked again.")
     swap_positions: bool = Field(True, description="Pairwise: judge each pair in both orders and average.")
+    verdict_order: VerdictOrder = Field(
+        "explanation_first", description="Pairwise: where the judge puts the two scores. explanation_first: "
+        "explanation, then 'Scores: <1> <2>' on the last line (template judge_pairwise, as in Zheng et al.); "
+        "scores_first: '<1> <2>' alone on the first line, then the explanation (template "
+        "judge_pairwise_scores_first, the order of Lion's referee). The parser reads that line.")
     min_score: float = Field(1, description="Lowest valid score; a verdict outside the range does not parse.")
     max_score: float = Field(10, description="Highest valid score.")
 
@@ -105,6 +127,25 @@ class PairwiseVerdict(BaseModel):
         """score_a - score_b (Lion: a large gap marks a hard instruction for the student)."""
         return None if not self.ok else self.score_a - self.score_b
 
+    def to_judgment(self, *, instruction_id: str, sample_a: str, sample_b: str, model_a: str | None,
+                    model_b: str | None, judge_model: str, run_id: str | None = None) -> PairwiseJudgment:
+        """The stored row: both orders' raw verdicts, their scores per answer, the averages
+        (a failed verdict: ok false, its error, no scores)."""
+        shown, swapped = self.calls[0], (self.calls[1] if len(self.calls) > 1 else None)
+        per_order: dict[str, Any] = {}
+        for prefix, call, a_at in (("ab", shown, 0), ("ba", swapped, 1)):
+            if call is None:
+                continue
+            scores = call.scores if call.ok else None
+            per_order |= {f"{prefix}_score_a": scores[a_at] if scores else None,
+                          f"{prefix}_score_b": scores[1 - a_at] if scores else None,
+                          f"{prefix}_text": call.text, f"{prefix}_request_key": call.request_key}
+        return PairwiseJudgment(instruction_id=instruction_id, sample_a=sample_a, sample_b=sample_b,
+                                model_a=model_a, model_b=model_b, judge_model=judge_model, ok=self.ok,
+                                score_a=self.score_a, score_b=self.score_b, winner=self.winner,
+                                error=self.error, template_version=self.template_version, run_id=run_id,
+                                **per_order)
+
 
 class SingleVerdict(BaseModel):
     id: str | None = None
@@ -132,23 +173,57 @@ def _in_range(values: tuple[float, ...], lo: float, hi: float) -> bool:
     return all(lo <= v <= hi for v in values)
 
 
-def _split_last(text: str, line_re: re.Pattern[str], bare_re: re.Pattern[str],
-                n: int) -> tuple[tuple[float, ...], str] | None:
+Match = Callable[[list[str], int], "tuple[tuple[float, ...], int] | None"]
+
+
+def _pair_at(lines: list[str], i: int) -> tuple[tuple[float, ...], int] | None:
+    """The two scores a verdict names at line ``i`` and how many lines they take: one line
+    (``Scores: 8 6``, ``8/10, 6/10``, ``Assistant 1: 8, Assistant 2: 6``) or two
+    (``Assistant 1: 8`` then ``Assistant 2: 6``). A line naming one score is no pair."""
+    line = lines[i].strip()
+    m = _PAIR_LINE.search(line) or _BARE_PAIR.match(line) or _LABELLED_PAIR.match(line)
+    if m:
+        return (float(m.group(1)), float(m.group(2))), 1
+    if i + 1 < len(lines):
+        first, second = _LABELLED_ONE[1].match(line), _LABELLED_ONE[2].match(lines[i + 1].strip())
+        if first and second:
+            return (float(first.group(1)), float(second.group(1))), 2
+    return None
+
+
+def _single_at(lines: list[str], i: int) -> tuple[tuple[float, ...], int] | None:
+    m = _SINGLE_LINE.search(lines[i]) or _BARE_SINGLE.match(lines[i].strip())
+    return ((float(m.group(1)),), 1) if m else None
+
+
+def _split_last(text: str, match: Match) -> tuple[tuple[float, ...], str] | None:
+    """Scores on (one of) the last lines, and the explanation above them."""
     lines = (text or "").strip().splitlines()
     for i in range(len(lines) - 1, -1, -1):
-        m = line_re.search(lines[i]) or bare_re.match(lines[i].strip())
-        if m:
-            values = tuple(float(g) for g in m.groups()[:n])
-            return values, "\n".join(lines[:i]).strip()
+        got = match(lines, i)
+        if got:
+            return got[0], "\n".join(lines[:i]).strip()
         if lines[i].strip() and i < len(lines) - 1 - 2:
             break  # the scores belong on (one of) the last lines
     return None
 
 
-def parse_pairwise(text: str, lo: float = 1, hi: float = 10) -> tuple[tuple[float, float], str] | None:
-    """((score 1, score 2), explanation) from a verdict whose last line holds the two
-    scores (``Scores: 8 6``, ``Scores: 8/10, 6/10`` or just ``8 6``); None if it has none."""
-    got = _split_last(text, _PAIR_LINE, _BARE_PAIR, 2)
+def _split_first(text: str, match: Match) -> tuple[tuple[float, ...], str] | None:
+    """Scores on the first non-empty line (Lion's referee), and the explanation below them."""
+    lines = (text or "").strip().splitlines()
+    got = match(lines, 0) if lines else None
+    if got is None:
+        return None
+    return got[0], "\n".join(lines[got[1]:]).strip()
+
+
+def parse_pairwise(text: str, lo: float = 1, hi: float = 10,
+                   order: VerdictOrder = "explanation_first") -> tuple[tuple[float, float], str] | None:
+    """((score 1, score 2), explanation) from a verdict that names both scores: on (one of)
+    its last lines (``explanation_first``) or its first line (``scores_first``), as
+    ``Scores: 8 6``, ``Scores: 8/10, 6/10``, ``8 6`` or ``Assistant 1: 8`` / ``Assistant 2: 6``.
+    None if it does not name two scores in range there (``Score: 8/10`` is one score)."""
+    got = (_split_first if order == "scores_first" else _split_last)(text, _pair_at)
     if got is None or not _in_range(got[0], lo, hi):
         return None
     return (got[0][0], got[0][1]), got[1]
@@ -156,7 +231,7 @@ def parse_pairwise(text: str, lo: float = 1, hi: float = 10) -> tuple[tuple[floa
 
 def parse_single(text: str, lo: float = 1, hi: float = 10) -> tuple[float, str] | None:
     """(score, explanation) from a verdict ending in ``Score: 7`` (or ``7/10``); None if none."""
-    got = _split_last(text, _SINGLE_LINE, _BARE_SINGLE, 1)
+    got = _split_last(text, _single_at)
     if got is None or not _in_range(got[0], lo, hi):
         return None
     return got[0][0], got[1]
@@ -199,13 +274,14 @@ async def ajudge_pairwise(teacher: Teacher, items: Sequence[PairwiseItem],
                           config: JudgeConfig | None = None) -> list[PairwiseVerdict]:
     """Score both answers of every item, in both orders when ``swap_positions``; one batch."""
     config = config or JudgeConfig()
-    template = load_template("judge_pairwise")
+    template = load_template(PAIRWISE_TEMPLATES[config.verdict_order])
     prompts = []
     for it in items:
         prompts.append(template.render(question=it.question, answer_1=it.answer_a, answer_2=it.answer_b))
         if config.swap_positions:
             prompts.append(template.render(question=it.question, answer_1=it.answer_b, answer_2=it.answer_a))
-    answers = await _ask(teacher, prompts, lambda t: parse_pairwise(t, config.min_score, config.max_score),
+    answers = await _ask(teacher, prompts,
+                         lambda t: parse_pairwise(t, config.min_score, config.max_score, config.verdict_order),
                          config, "judge.pairwise")
     per_item = 2 if config.swap_positions else 1
     verdicts = []

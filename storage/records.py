@@ -220,6 +220,37 @@ class MinHashSignature(Record):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class PairwiseJudgment(Record):
+    """Two answers to one instruction judged side by side (LLM-as-judge, pairwise), in both
+    orders, by one judge model; the averaged scores say which source answers better."""
+
+    __table__: ClassVar[str] = "pairwise_judgments"
+    __key__: ClassVar[tuple[str, ...]] = ("sample_a", "sample_b", "judge_model")
+
+    instruction_id: str = Field(description="instructions.id both answers answer.")
+    sample_a: str = Field(description="samples.id of answer A.")
+    sample_b: str = Field(description="samples.id of answer B.")
+    model_a: str | None = Field(None, description="samples.teacher_model of answer A (its source).")
+    model_b: str | None = Field(None, description="samples.teacher_model of answer B.")
+    judge_model: str = Field(description="The judge model (part of the key: another judge judges anew).")
+    ok: bool = Field(description="Every order's verdict parsed; false: scores NULL, see error.")
+    score_a: float | None = Field(None, description="A's score averaged over the orders.")
+    score_b: float | None = Field(None, description="B's score averaged over the orders.")
+    winner: Literal["a", "b", "tie"] | None = Field(None, description="The higher average (NULL when not ok).")
+    ab_score_a: float | None = Field(None, description="A's score when A was shown first.")
+    ab_score_b: float | None = Field(None, description="B's score when A was shown first.")
+    ab_text: str | None = Field(None, description="The judge's raw verdict, A shown first (last attempt).")
+    ab_request_key: str | None = Field(None, description="Ledger key of that verdict's request.")
+    ba_score_a: float | None = Field(None, description="A's score when B was shown first (NULL: not swapped).")
+    ba_score_b: float | None = Field(None, description="B's score when B was shown first.")
+    ba_text: str | None = Field(None, description="The judge's raw verdict, B shown first.")
+    ba_request_key: str | None = Field(None, description="Ledger key of that verdict's request.")
+    error: str | None = Field(None, description="Why the verdict failed (unparseable / request failed).")
+    template_version: str = Field(description="Prompt template name@version the judge was given.")
+    run_id: str | None = Field(None, description="runs.id of the run that judged it.")
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class Run(Record):
     """One flow run: what ran, with what config, and what it produced."""
 
@@ -245,4 +276,5 @@ ALL_RECORD_TYPES: tuple[type[Record], ...] = (
     Sample,
     FilterDecision,
     MinHashSignature,
+    PairwiseJudgment,
 )

@@ -7,6 +7,7 @@ schema means adding a file, never editing a shipped one:
 
     storage/migrations/001_init.sql      the tables of the data model
     storage/migrations/002_views.sql     named views over them (kept_samples, run_drops, ...)
+    storage/migrations/003_pairwise.sql  the pairwise judge's verdicts and pairwise_standings
 
 (This module is ``schema``, not ``migrations``: that name is the folder of SQL files.)
 """
@@ -40,6 +41,7 @@ TABLES: tuple[str, ...] = (
     "dataset_items",
     "training_runs",
     "evaluations",
+    "pairwise_judgments",
 )
 
 SCHEMA_VERSION_DDL = """

@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 
 COUNT_ROWS_SQL = "SELECT count(*) FROM {table}"
+TABLE_NAMES_SQL = "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'"
 
 # Content-keyed tables: a row whose key exists is a duplicate and is left alone.
 # For a batch that is large next to the table, an anti-join on the key finds the new rows
@@ -66,6 +67,10 @@ INTEGRITY_CHECKS: dict[str, str] = {
     "sample with empty response": "SELECT id FROM samples WHERE trim(response) = ''",
     "ok request without response": (
         "SELECT key FROM requests WHERE status = 'ok' AND response_text IS NULL"
+    ),
+    "pairwise judgment of unknown sample": (
+        "SELECT p.sample_a FROM pairwise_judgments p ANTI JOIN samples s ON s.id = p.sample_a "
+        "UNION SELECT p.sample_b FROM pairwise_judgments p ANTI JOIN samples s ON s.id = p.sample_b"
     ),
     "dataset item without dataset": (
         "SELECT DISTINCT d.dataset_name || '@' || d.version FROM dataset_items d "

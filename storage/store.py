@@ -55,7 +55,7 @@ from storage.locking import connect, fresh_marker, keeper, process_lock
 from storage.provenance import code_version
 from storage.records import Record
 from storage.schema import TABLES, apply_migrations, check_not_newer, db_version, latest_schema_version
-from storage.sql import COUNT_ROWS_SQL, INTEGRITY_CHECKS, scalar
+from storage.sql import COUNT_ROWS_SQL, INTEGRITY_CHECKS, TABLE_NAMES_SQL, scalar
 
 # Names other modules import from here, wherever they live now.
 __all__ = [
@@ -353,9 +353,11 @@ class Store:
             return con.sql(sql, params=params).to_arrow_table()
 
     def table_counts(self) -> dict[str, int]:
-        """Row count of every table of the data model."""
+        """Row count of every table of the data model (0 for a table that a database of an
+        older schema, read without migrating, does not have yet: it holds no rows)."""
         with self._reading() as con:
-            return {t: scalar(con, COUNT_ROWS_SQL.format(table=t)) for t in TABLES}
+            present = {row[0] for row in con.execute(TABLE_NAMES_SQL).fetchall()}
+            return {t: scalar(con, COUNT_ROWS_SQL.format(table=t)) if t in present else 0 for t in TABLES}
 
     def check_integrity(self) -> dict[str, list[Any]]:
         """Referential and content checks; maps each failed check to (up to 20) offending ids."""

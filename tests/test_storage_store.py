@@ -13,6 +13,7 @@ from storage.records import (
     FilterDecision,
     Instruction,
     MinHashSignature,
+    PairwiseJudgment,
     RequestRecord,
     Run,
     Sample,
@@ -363,3 +364,60 @@ def test_schema_1_database_gets_the_views_at_its_first_write(tmp_path, monkeypat
         (1, "init"), (2, "views")]
     assert old.query("SELECT sample_id FROM kept_samples") == [{"sample_id": samples[1].id}]
     assert old.query("SELECT filter, reason, n FROM run_drops") == [{"filter": "quality", "reason": "refusal", "n": 1}]
+
+
+# --- 003_pairwise: pairwise judge verdicts ----------------------------------------------
+
+
+def _judgment(a: Sample, b: Sample, judge: str = "j", **kw) -> PairwiseJudgment:
+    a_score, b_score = kw.pop("scores", (8.0, 6.0))
+    if a_score is None:
+        fields = dict(ok=False, error="unparseable verdict after 3 attempts")
+    else:
+        fields = dict(ok=True, score_a=a_score, score_b=b_score,
+                      winner="a" if a_score > b_score else "b" if b_score > a_score else "tie")
+    return PairwiseJudgment(instruction_id=a.instruction_id, sample_a=a.id, sample_b=b.id, model_a="t",
+                            model_b="s", judge_model=judge, template_version="judge_pairwise@1",
+                            **{**fields, **kw})
+
+
+def test_pairwise_judgments_keys_and_standings(store):
+    ins, teacher = _seed_records(3)
+    student = [Sample(instruction_id=i.id, response=f"Student answer to {i.text}", teacher_model="s") for i in ins]
+    store.ingest([*ins, *teacher, *student])
+    rows = [_judgment(teacher[0], student[0], scores=(9.0, 5.0)), _judgment(teacher[1], student[1], scores=(6.0, 6.5)),
+            _judgment(teacher[2], student[2], scores=(7.0, 7.0)), _judgment(teacher[0], student[0], judge="other"),
+            _judgment(teacher[1], student[1], judge="other", scores=(None, None))]
+    assert store.ingest(rows).new == {"pairwise_judgments": 5}
+    # The key is the pair and the judge: the same pair judged again by the same judge is a duplicate.
+    again = store.ingest([_judgment(teacher[0], student[0], scores=(1.0, 10.0))])
+    assert again.new == {"pairwise_judgments": 0} and again.duplicate == {"pairwise_judgments": 1}
+    standings = store.query("SELECT * FROM pairwise_standings ORDER BY judge_model")
+    assert standings == [
+        {"model_a": "t", "model_b": "s", "judge_model": "j", "pairs": 3, "a_wins": 1, "b_wins": 1, "ties": 1,
+         "failed": 0, "mean_a": pytest.approx(22 / 3), "mean_b": pytest.approx(18.5 / 3)},
+        {"model_a": "t", "model_b": "s", "judge_model": "other", "pairs": 1, "a_wins": 1, "b_wins": 0, "ties": 0,
+         "failed": 1, "mean_a": 8.0, "mean_b": 6.0},
+    ]
+    assert store.table_counts()["pairwise_judgments"] == 5
+    assert store.check_integrity() == {}
+    store.ingest([_judgment(teacher[0], Sample(instruction_id=ins[0].id, response="never stored"))])
+    assert list(store.check_integrity()) == ["pairwise judgment of unknown sample"]
+
+
+def test_schema_2_database_reads_and_gets_pairwise_judgments_at_its_first_write(tmp_path, monkeypatch):
+    db = tmp_path / "v2.duckdb"
+    up_to_002 = tmp_path / "migrations_v2"
+    up_to_002.mkdir()
+    for name in ("001_init.sql", "002_views.sql"):
+        shutil.copy(schema.MIGRATIONS_DIR / name, up_to_002)
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS_DIR", up_to_002)
+        assert Store(db).init() == 2
+    old = Store(db)
+    assert old.table_counts()["pairwise_judgments"] == 0  # read-only: not there yet, and no rows
+    ins, samples = _seed_records(1)
+    other = Sample(instruction_id=ins[0].id, response="another answer", teacher_model="s")
+    old.ingest([*ins, *samples, other, _judgment(samples[0], other)])
+    assert old.schema_version() == 3
+    assert old.query("SELECT pairs, a_wins FROM pairwise_standings") == [{"pairs": 1, "a_wins": 1}]
