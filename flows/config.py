@@ -133,7 +133,24 @@ class GenerateConfig(_Section):
         return METHODS[self.method]
 
 
-class CurateJudgeConfig(_Section):
+class _JudgeStep(_Section):
+    """What both LLM-judge steps of curate have: a switch, the judge's knobs, its model."""
+
+    enabled: bool = Field(True, description="Run the step (false keeps the section but skips the step).")
+    params: JudgeConfig = Field(
+        default_factory=JudgeConfig,
+        description="The judge's own knobs: request_format, system_prompt, temperature, retry_temperature, "
+        "max_tokens, max_retries, the score scale min_score/max_score, and for pairwise verdicts "
+        "verdict_order (explanation_first | scores_first) and swap_positions.",
+    )
+    teacher: TeacherConfig | None = Field(
+        None,
+        description="The judge model. Default: the pipeline's teacher (the top-level teacher section; the "
+        "embedded default teacher when curate runs without one).",
+    )
+
+
+class CurateJudgeConfig(_JudgeStep):
     """The LLM judge in curate: the teacher scores each sample 1-10 (``generators.judge``).
 
     Samples scoring below ``min_score`` get a ``filter_decisions`` row with filter 'judge',
@@ -141,7 +158,6 @@ class CurateJudgeConfig(_Section):
     gets kept false, reason 'judge_failed'. Either way the dataset leaves them out.
     """
 
-    enabled: bool = Field(True, description="Run the judge (false keeps the section but skips the step).")
     min_score: float = Field(
         7.0,
         description="Keep a sample whose judge score is at least this (on the judge's scale, "
@@ -162,16 +178,6 @@ class CurateJudgeConfig(_Section):
         description="The default dataset selection only takes samples the judge kept; samples not "
         "judged yet (beyond max_samples) stay out until judged. False: unjudged samples go in.",
     )
-    params: JudgeConfig = Field(
-        default_factory=JudgeConfig,
-        description="The judge's own knobs (request_format, system_prompt, temperature, "
-        "retry_temperature, max_tokens, max_retries, and the score scale min_score/max_score).",
-    )
-    teacher: TeacherConfig | None = Field(
-        None,
-        description="A separate judge model. Default: the pipeline's teacher (the top-level teacher "
-        "section; the embedded default teacher when curate runs without one).",
-    )
 
     @model_validator(mode="after")
     def _threshold_on_scale(self) -> "CurateJudgeConfig":
@@ -181,7 +187,7 @@ class CurateJudgeConfig(_Section):
         return self
 
 
-class CurateCompareConfig(_Section):
+class CurateCompareConfig(_JudgeStep):
     """The pairwise LLM judge in curate: which of two sources answers the same instructions
     better (``generators.judge.ajudge_pairwise``; Zheng et al., and Lion's discrimination).
 
@@ -194,7 +200,6 @@ class CurateCompareConfig(_Section):
     re-run judges and pays for nothing twice. The comparison does not change the dataset.
     """
 
-    enabled: bool = Field(True, description="Run the comparison (false keeps the section but skips the step).")
     a: str = Field(
         min_length=1,
         description="Source A: the samples.teacher_model whose answers are shown as answer A "
@@ -214,17 +219,6 @@ class CurateCompareConfig(_Section):
         16, ge=1, le=1024,
         description="Pairs per judge task (one Prefect task, one ajudge_pairwise call: two requests a "
         "pair with swap_positions); each finished batch's verdicts are stored at once.",
-    )
-    params: JudgeConfig = Field(
-        default_factory=JudgeConfig,
-        description="The judge's own knobs: verdict_order (explanation_first | scores_first), "
-        "swap_positions, temperature, retry_temperature, max_tokens, max_retries, request_format, "
-        "system_prompt, and the score scale min_score/max_score.",
-    )
-    teacher: TeacherConfig | None = Field(
-        None,
-        description="The judge model. Default: the pipeline's teacher (the top-level teacher "
-        "section; the embedded default teacher when curate runs without one).",
     )
 
     @model_validator(mode="after")

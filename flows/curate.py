@@ -45,8 +45,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -65,6 +66,7 @@ from generators.teachers.config import TeacherConfig, default_teacher
 from storage.datasets import create_dataset, export_dataset
 from storage.store import Store
 
+T = TypeVar("T")
 EVENT = "distill.dataset.ready"
 CHUNK = 2000  # samples per filter task
 JUDGE = "judge"  # filter_decisions.filter of the LLM judge's verdicts
@@ -109,19 +111,25 @@ def judge_batch(index: int, rows: list[dict[str, Any]], teacher: Any, config: Cu
     items = [SingleItem(id=r["sample_id"], question=format_prompt(r["instruction"], r["input"]),
                         answer=r["response"]) for r in rows]
 
-    async def _judge():
-        try:
-            return await ajudge_single(teacher, items, config.params)
-        finally:
-            await teacher.adetach()  # loop-bound clients: the next batch runs in a new loop
-
-    verdicts = run_sync(_judge())
+    verdicts = _run_judge(teacher, ajudge_single(teacher, items, config.params))
     decisions = [v.to_decision(v.id, config.min_score, filter=JUDGE, run_id=run_id) for v in verdicts]
     store.ingest(decisions)
     return {"judged": len(decisions), "kept": sum(d.kept for d in decisions),
            "low_score": sum(d.reason == "low_score" for d in decisions),
            "judge_failed": sum(d.reason == "judge_failed" for d in decisions),
            "requests": sum(v.call.attempts for v in verdicts)}
+
+
+def _run_judge(teacher: Any, verdicts: Coroutine[Any, Any, T]) -> T:
+    """Await a judge call from a sync task (in an event loop of its own), then release the
+    teacher's loop-bound HTTP clients: the next batch runs in a new loop."""
+    async def run() -> T:
+        try:
+            return await verdicts
+        finally:
+            await teacher.adetach()
+
+    return run_sync(run())
 
 
 def judge_teacher_config(config: CurateJudgeConfig | CurateCompareConfig,
@@ -171,13 +179,7 @@ def compare_batch(index: int, rows: list[dict[str, Any]], teacher: Any, config: 
     items = [PairwiseItem(id=str(k), question=format_prompt(r["instruction"], r["input"]), answer_a=r["response_a"],
                           answer_b=r["response_b"]) for k, r in enumerate(rows)]
 
-    async def _judge():
-        try:
-            return await ajudge_pairwise(teacher, items, config.params)
-        finally:
-            await teacher.adetach()  # loop-bound clients: the next batch runs in a new loop
-
-    verdicts = run_sync(_judge())
+    verdicts = _run_judge(teacher, ajudge_pairwise(teacher, items, config.params))
     records = [v.to_judgment(instruction_id=r["instruction_id"], sample_a=r["sample_a"], sample_b=r["sample_b"],
                              model_a=config.a, model_b=config.b, judge_model=teacher.model, run_id=run_id)
                for r, v in zip(rows, verdicts)]
