@@ -73,11 +73,26 @@ def load_deployments(path: str | Path = PREFECT_YAML, names: list[str] | None = 
         file, _, func = spec["entrypoint"].partition(":")
         flow = load_flow_from_entrypoint(f"{ROOT / file}:{func}")
         flow.validate_parameters(spec.get("parameters") or {})  # the defaults the deployment runs with
-        out.append(flow.to_deployment(
+        deployment = flow.to_deployment(
             name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
             parameters=spec.get("parameters") or {}, schedules=_schedules(spec), triggers=_triggers(spec),
-        ))
+        )
+        check_against_schema(spec["name"], deployment.parameters, deployment._parameter_openapi_schema)
+        out.append(deployment)
     return out
+
+
+def check_against_schema(name: str, parameters: dict[str, Any], schema: Any) -> None:
+    """Refuse parameters the server would refuse: it checks them against the flow's JSON
+    schema (not pydantic), where a discriminated union such as ``generate.params`` needs
+    its discriminator (``method``) spelled out."""
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    schema = schema.model_dump() if hasattr(schema, "model_dump") else dict(schema)
+    try:
+        validate(parameters, schema, raise_on_error=True, ignore_required=True)
+    except ValidationError as err:
+        raise InputError(f"deployment {name}: the server would refuse its parameters: {err}") from None
 
 
 def with_database(spec: dict[str, Any], db: str) -> dict[str, Any]:
