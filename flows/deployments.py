@@ -120,9 +120,21 @@ def deploy_deployments(names: list[str] | None = None, *, pool: str = "distill",
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     done = []
     for deployment in load_deployments(names=names, db=db):
+        # A worker runs the flow from this checkout, wherever `distill deploy` and the worker
+        # were started: the entrypoint relative to the checkout (as prefect.yaml writes it),
+        # and the flow-run process working in the checkout, where it finds that file and
+        # imports this checkout's packages. Prefect's default (the entrypoint relative to
+        # deploy's working directory, the flow run in a temporary folder) crashed every run.
+        deployment.entrypoint = _relative_entrypoint(deployment.entrypoint)
+        deployment.job_variables = {"working_dir": str(ROOT), **(deployment.job_variables or {})}
         deployment.apply(work_pool_name=pool)
         done.append(f"{deployment.flow_name}/{deployment.name}")
     return done
+
+
+def _relative_entrypoint(entrypoint: str) -> str:
+    file, _, func = entrypoint.rpartition(":")
+    return f"{Path(file).resolve().relative_to(ROOT)}:{func}"
 
 
 def serve_deployments(deployments: list[Any]) -> None:
