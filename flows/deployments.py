@@ -141,4 +141,7 @@ def serve_deployments(deployments: list[Any]) -> None:
     """Serve deployments from this process until interrupted (needs a Prefect server)."""
     from prefect import serve
 
+    from flows.server import ensure_api_ready
+
+    ensure_api_ready()  # the server `distill serve` started in the background answers first
     serve(*deployments)
