@@ -10,7 +10,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 # 2-core box (a SmolLM2 batch went from 170 s to 7 s with PASSIVE).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test test-fast bench vllm-venv teacher clean
+.PHONY: install demo test test-fast bench vllm-venv teacher ui-screenshot clean
 
 install: $(STAMP)
 
@@ -48,6 +48,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py --output BENCHMARKS.md
+
+# The README's UI pictures (docs/ui-runs.png, docs/ui-report.png): a temporary server, one
+# generate run against the fake OpenAI server, headless Chromium (apt-get install chromium).
+ui-screenshot: $(STAMP)
+	$(PY) docs/ui_screenshots.py
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

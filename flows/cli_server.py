@@ -33,6 +33,9 @@ def _need_server() -> str:
     if rec is None:
         raise DistillError("no Prefect server is running: start one with `distill server start` "
                            "(or set PREFECT_API_URL)")
+    # Before Prefect is imported: its client reads the API from the environment (without
+    # it, `distill deploy` registered the deployments on a temporary server of its own).
+    os.environ["PREFECT_API_URL"] = rec.url
     return rec.url
 
 

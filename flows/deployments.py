@@ -73,11 +73,26 @@ def load_deployments(path: str | Path = PREFECT_YAML, names: list[str] | None = 
         file, _, func = spec["entrypoint"].partition(":")
         flow = load_flow_from_entrypoint(f"{ROOT / file}:{func}")
         flow.validate_parameters(spec.get("parameters") or {})  # the defaults the deployment runs with
-        out.append(flow.to_deployment(
+        deployment = flow.to_deployment(
             name=spec["name"], description=spec.get("description"), tags=spec.get("tags"),
             parameters=spec.get("parameters") or {}, schedules=_schedules(spec), triggers=_triggers(spec),
-        ))
+        )
+        check_against_schema(spec["name"], deployment.parameters, deployment._parameter_openapi_schema)
+        out.append(deployment)
     return out
+
+
+def check_against_schema(name: str, parameters: dict[str, Any], schema: Any) -> None:
+    """Refuse parameters the server would refuse: it checks them against the flow's JSON
+    schema (not pydantic), where a discriminated union such as ``generate.params`` needs
+    its discriminator (``method``) spelled out."""
+    from prefect.utilities.schema_tools import ValidationError, validate
+
+    schema = schema.model_dump() if hasattr(schema, "model_dump") else dict(schema)
+    try:
+        validate(parameters, schema, raise_on_error=True, ignore_required=True)
+    except ValidationError as err:
+        raise InputError(f"deployment {name}: the server would refuse its parameters: {err}") from None
 
 
 def with_database(spec: dict[str, Any], db: str) -> dict[str, Any]:
@@ -105,13 +120,28 @@ def deploy_deployments(names: list[str] | None = None, *, pool: str = "distill",
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
     done = []
     for deployment in load_deployments(names=names, db=db):
+        # A worker runs the flow from this checkout, wherever `distill deploy` and the worker
+        # were started: the entrypoint relative to the checkout (as prefect.yaml writes it),
+        # and the flow-run process working in the checkout, where it finds that file and
+        # imports this checkout's packages. Prefect's default (the entrypoint relative to
+        # deploy's working directory, the flow run in a temporary folder) crashed every run.
+        deployment.entrypoint = _relative_entrypoint(deployment.entrypoint)
+        deployment.job_variables = {"working_dir": str(ROOT), **(deployment.job_variables or {})}
         deployment.apply(work_pool_name=pool)
         done.append(f"{deployment.flow_name}/{deployment.name}")
     return done
+
+
+def _relative_entrypoint(entrypoint: str) -> str:
+    file, _, func = entrypoint.rpartition(":")
+    return f"{Path(file).resolve().relative_to(ROOT)}:{func}"
 
 
 def serve_deployments(deployments: list[Any]) -> None:
     """Serve deployments from this process until interrupted (needs a Prefect server)."""
     from prefect import serve
 
+    from flows.server import ensure_api_ready
+
+    ensure_api_ready()  # the server `distill serve` started in the background answers first
     serve(*deployments)
