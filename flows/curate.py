@@ -306,17 +306,20 @@ def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, gene
     if count < config.min_rows:
         raise InputError(f"curate: only {count} kept rows match the selection, fewer than curate.min_rows="
                          f"{config.min_rows}; generate more or lower min_rows")
+    latest = store.query(queries.LATEST_VERSION, [config.dataset])[0]["version"]
+    # The same rows as the latest version: no new version (nor exports, nor event).
     info = create_dataset(store, config.dataset, sql, eval_fraction=config.eval_fraction, seed=config.split_seed,
-                          run_id=run_id)
+                          run_id=run_id, reuse_unchanged=True)
+    frozen = latest is None or info.version > latest
     previous = info.version - 1
-    n_new = (info.n_rows if previous < 1
-             else store.query(queries.NEW_DATASET_ROWS, [info.name, info.version, previous])[0]["n"])
+    n_new = 0 if not frozen else (info.n_rows if previous < 1 else
+                                  store.query(queries.NEW_DATASET_ROWS, [info.name, info.version, previous])[0]["n"])
     exports = {}
-    for fmt in config.export_formats:
+    for fmt in config.export_formats if frozen else ():
         path = Path(config.export_dir) / info.name / f"v{info.version}" / _EXPORT_NAMES[fmt]
         exports[fmt] = str(export_dataset(store, info.name, info.version, fmt, path))
     emitted = False
-    if config.emit_event and n_new >= config.min_new_rows_for_event:
+    if frozen and config.emit_event and n_new >= config.min_new_rows_for_event:
         emit_event(
             event=EVENT,
             resource={"prefect.resource.id": f"distill.dataset.{info.name}", "prefect.resource.name": info.name},
@@ -325,9 +328,10 @@ def _curate(store: Store, run_id: str, run_name: str, config: CurateConfig, gene
                      "db": str(store.path)},
         )
         emitted = True
-    totals.update(dataset=info.name, version=info.version, rows=info.n_rows, train=info.n_train, eval=info.n_eval,
-                  new_rows=n_new, exports=exports, event=EVENT if emitted else None, sql=sql)
-    totals["message"] = (f"froze {info.name}@{info.version}: {info.n_rows} rows ({info.n_train} train, "
+    totals.update(dataset=info.name, version=info.version, new_version=frozen, rows=info.n_rows, train=info.n_train,
+                  eval=info.n_eval, new_rows=n_new, exports=exports, event=EVENT if emitted else None, sql=sql)
+    what = "froze" if frozen else "no change since"
+    totals["message"] = (f"{what} {info.name}@{info.version}: {info.n_rows} rows ({info.n_train} train, "
                          f"{info.n_eval} eval, {n_new} new); judged {totals['judged']} samples, kept "
                          f"{totals['kept']}" + (_judge_message(totals["judge"]) if judge_on else "")
                          + (_compare_message(totals["compare"]) if compare_on else "")

@@ -300,7 +300,7 @@ async def _loop(ctx: _Context, config: GenerateConfig, spent: dict[str, int], lo
             stop = "teacher_failing"
         await progress.aupdate(min(kept, target), target, kept=kept, requests=requests_used())
 
-    await progress.aupdate(1, 1)
+    await progress.aupdate(1, 1, kept=kept, requests=requests_used())
     requested = int(totals.get("requests", 0))
     summary: dict[str, Any] = {
         "status": stop,

@@ -135,6 +135,7 @@ WHERE a.dataset_name = ? AND a.version = ?
   AND NOT EXISTS (SELECT 1 FROM dataset_items b
                   WHERE b.dataset_name = a.dataset_name AND b.version = ? AND b.row_key = a.row_key)"""
 DATASET_VERSION = "SELECT * FROM datasets WHERE name = ? AND version = ?"
+LATEST_VERSION = "SELECT max(version) AS version FROM datasets WHERE name = ?"
 DATASET_LENGTHS = """
 SELECT len(string_split(trim(instruction), ' ')) AS instruction_words,
        len(string_split(trim(response), ' ')) AS response_words

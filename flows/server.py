@@ -252,10 +252,10 @@ def use_prefect_api(announce=print) -> str:
     global _starting
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    rec = running_server()
-    if rec is None and os.environ.get("DISTILL_SERVER", "auto") == "ephemeral":
+    if os.environ.get("DISTILL_SERVER", "auto") == "ephemeral":  # asked for: even when a server runs
         _ephemeral_server_dies_with_us()
         return "ephemeral"
+    rec = running_server()
     if rec is None:
         rec = _starting = spawn_server()
         announce(f"started a Prefect server for this project in the background: UI {rec.url.removesuffix('/api')} "

@@ -184,13 +184,16 @@ def create_dataset(
     eval_fraction: float = 0.1,
     seed: int = 0,
     run_id: str | None = None,
+    reuse_unchanged: bool = False,
 ) -> DatasetInfo:
     """Freeze the rows ``sql`` returns into a new version of dataset ``name``.
 
     The SELECT must return ``instruction`` and ``response`` and may return ``input``,
     ``rationale``, ``label``, ``system_prompt``, ``sample_id`` (other columns are kept as
     JSON in ``dataset_items.extra``). Runs in one transaction, so the version number and
-    the rows are consistent even with other writers around.
+    the rows are consistent even with other writers around. ``reuse_unchanged``: when the
+    rows (and their split) equal the latest version's, return that version instead of
+    freezing an identical one.
     """
     if not _NAME.match(name):
         raise InputError(f"bad dataset name {name!r}: use letters, digits, '_', '-', '.' (no '@')")
@@ -206,6 +209,14 @@ def create_dataset(
         except duckdb.Error as err:
             raise InputError(f"dataset SQL failed: {str(err).splitlines()[0]}") from err
         items = _frozen_items(selected, eval_fraction, seed)
+        content_hash = _content_hash(items)
+        if reuse_unchanged:
+            latest = con.execute(LATEST_DATASET_SQL, [name]).fetchall()
+            if latest:
+                columns = [d[0] for d in con.description]
+                info = DatasetInfo.from_row(dict(zip(columns, latest[0])))
+                if info.content_hash == content_hash:
+                    return info
         version = scalar(con, NEXT_VERSION_SQL, [name])
         n_eval = sum(1 for it in items if it["split"] == "eval")
         info = DatasetInfo(
@@ -217,7 +228,7 @@ def create_dataset(
             n_eval=n_eval,
             eval_fraction=eval_fraction,
             seed=seed,
-            content_hash=_content_hash(items),
+            content_hash=content_hash,
             columns=list(selected.column_names),
             code_version=code_version(),
             run_id=run_id,

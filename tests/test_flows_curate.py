@@ -73,17 +73,18 @@ def test_curate_judges_freezes_exports_and_emits(tmp_path, monkeypatch):
     stored_sql = store.query("SELECT sql FROM datasets WHERE name = 'cur'")[0]["sql"]
     assert len(store.query(stored_sql)) == 5  # the stored SQL reproduces the version
 
-    # Nothing new: everything is judged already, the new version has no new rows, no event.
+    # Nothing new: everything is judged already; version 1 holds these rows: no version, no event.
     again = curate_module.curate_flow(run_name="c2", curate=config, db=str(db))
-    assert again["candidates"] == 0 and again["version"] == 2 and again["new_rows"] == 0
-    assert len(events) == 1
+    assert again["candidates"] == 0 and again["version"] == 1 and not again["new_version"]
+    assert again["new_rows"] == 0 and again["exports"] == {} and "no change since cur@1" in again["message"]
+    assert len(events) == 1 and store.query("SELECT count(*) AS n FROM datasets")[0]["n"] == 1
 
-    # A new sample: only it is judged; it is new in version 3, and the event fires again.
+    # A new sample: only it is judged; it is new in version 2, and the event fires again.
     ins = Instruction(text="Name a tree.", method="seed")
     store.ingest([ins, Sample(instruction_id=ins.id, response="Oaks live for centuries and drop acorns in autumn.",
                               method="responses", teacher_model="t")])
     third = curate_module.curate_flow(run_name="c3", curate=config, db=str(db))
-    assert third["candidates"] == 1 and third["version"] == 3 and third["new_rows"] == 1
+    assert third["candidates"] == 1 and third["version"] == 2 and third["new_rows"] == 1
     assert len(events) == 2 and events[-1]["payload"]["n_new"] == 1
 
 
