@@ -25,11 +25,11 @@ from flows.cli_flows import _db_default, _quiet_prefect, _run_with_bars, console
 app = typer.Typer(help="Lion's adversarial distillation loop.")
 
 DEFAULT_CONFIG = Path("configs/lion.yaml")
-COLUMNS = [("iteration", "it"), ("train_pool", "train pool"), ("cache_pool", "cache pool"), ("judged", "judged"),
-           ("failed", "failed"), ("hard", "hard"), ("easy", "easy"), ("mean_teacher_score", "teacher"),
-           ("mean_student_score", "student"), ("mean_gap", "gap"), ("generated", "new"),
-           ("rougeL_teacher", "ROUGE-L"), ("kl_teacher_student", "KL"), ("tokens", "tokens"),
-           ("elapsed_s", "seconds")]
+ROWS = [("train_pool", "Train Pool"), ("cache_pool", "Cache Pool"), ("judged", "judged pairs"),
+        ("failed", "failed verdicts"), ("hard", "hard"), ("easy", "easy"), ("mean_teacher_score", "mean teacher score"),
+        ("mean_student_score", "mean student score"), ("mean_gap", "mean gap"), ("generated", "new instructions"),
+        ("dropped", "dropped by filters"), ("rougeL_teacher", "ROUGE-L vs teacher"),
+        ("kl_teacher_student", "KL(teacher||student)"), ("tokens", "tokens"), ("elapsed_s", "seconds")]
 
 
 def _cell(value: Any) -> str:
@@ -39,11 +39,13 @@ def _cell(value: Any) -> str:
 
 
 def iterations_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """One column per iteration (a few of them fit a terminal; the rows are the numbers)."""
     table = Table(title=title)
-    for _, header in COLUMNS:
-        table.add_column(header, justify="right")
+    table.add_column("iteration", style="bold")
     for row in rows:
-        table.add_row(*(_cell(row.get(name)) for name, _ in COLUMNS))
+        table.add_column(str(row["iteration"]), justify="right")
+    for name, label in ROWS:
+        table.add_row(label, *(_cell(row.get(name)) for row in rows))
     return table
 
 

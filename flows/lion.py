@@ -60,6 +60,7 @@ from generators.lion import (
     agenerate_instructions,
     pick_seeds,
     student_exclusions,
+    unanswered,
 )
 from generators.responses import ResponsesConfig, agenerate_responses
 from generators.teachers import build_teacher
@@ -178,9 +179,14 @@ def judge_batch(iteration: int, index: int, pairs: list[LionPair], referee: Teac
             await referee.adetach()
 
     judgments = run_sync(_judge())
-    store.ingest(judgments)
-    return {"judged": sum(j.ok for j in judgments), "failed": sum(not j.ok for j in judgments),
-            "hard": sum(j.label == "hard" for j in judgments), "easy": sum(j.label == "easy" for j in judgments)}
+    # A verdict whose requests failed (the referee did not answer) is not a verdict: it is
+    # not stored, so the next run judges that pair (its failed requests are sent again).
+    # One the referee answered without two scores is stored failed, and not asked again.
+    answered = [j for j in judgments if not unanswered(j)]
+    store.ingest(answered)
+    return {"judged": sum(j.ok for j in answered), "failed": sum(not j.ok for j in answered),
+            "hard": sum(j.label == "hard" for j in answered), "easy": sum(j.label == "easy" for j in answered),
+            "unanswered": len(judgments) - len(answered)}
 
 
 @task(name="lion-generate", task_run_name="it{iteration}-generate-{index}", cache_policy=NO_CACHE)
@@ -236,9 +242,12 @@ class LionLoop:
         for teacher in self._teachers.values():
             teacher.close()
 
-    def _progress(self, iteration: int, step: str, description: str) -> Progress:
-        return Progress(artifact_key("lion", self.run_name, f"it{iteration}", step), description,
-                        stage=f"it{iteration} {step}")
+    def _progress(self, iteration: int, step: str, description: str, total: int) -> Progress:
+        """A step's progress artifact and terminal bar, shown from the step's start."""
+        progress = Progress(artifact_key("lion", self.run_name, f"it{iteration}", step), description,
+                            stage=f"it{iteration} {step}")
+        progress.update(0, max(total, 1))
+        return progress
 
     # -- pools -------------------------------------------------------------------------
 
@@ -267,7 +276,7 @@ class LionLoop:
     def answer(self, iteration: int, step: str, teacher: Teacher, instructions: Sequence[Instruction], *,
                student: bool = False) -> dict[str, Sample]:
         """Answers to ``instructions`` in batches (a task each); by instruction id."""
-        progress = self._progress(iteration, step, f"Iteration {iteration}: {step}")
+        progress = self._progress(iteration, step, f"Iteration {iteration}: {step}", len(instructions))
         size = self.config.answer_batch_size
         out: dict[str, Sample] = {}
         for k in range(0, len(instructions), size):
@@ -332,7 +341,7 @@ class LionLoop:
         done = {r["model_label"] for r in self.store.query(queries.LION_EVALUATED,
                                                            [self.run_id, self.dataset, iteration])}
         models = {label: path for label, path in models.items() if label not in done}
-        progress = self._progress(iteration, EVALUATION, f"Iteration {iteration}: held-out evaluation")
+        progress = self._progress(iteration, EVALUATION, f"Iteration {iteration}: held-out evaluation", 1)
         if models:
             from training.evaluate import eval_items
 
@@ -373,14 +382,21 @@ class LionLoop:
         if len(pairs) < len(todo):
             self.logger.warning("iteration %d: %d Cache Pool instructions have no answer from the student",
                                 iteration, len(todo) - len(pairs))
-        progress = self._progress(iteration, REFEREE, f"Iteration {iteration}: pairs judged")
+        progress = self._progress(iteration, REFEREE, f"Iteration {iteration}: pairs judged", len(pairs))
         size = self.config.judge_batch_size
+        missing = 0
         for k in range(0, len(pairs), size):
             out = judge_batch(iteration, k // size + 1, quote(pairs[k:k + size]), quote(self.referee), self.params,
                               quote(self.store), self.run_id)
             self.logger.info("iteration %d, referee batch %d: %s", iteration, k // size + 1, out)
+            missing += out["unanswered"]
             progress.update(min(k + size, len(pairs)), len(pairs))
         progress.finish()
+        if missing:  # before generation builds on an incomplete set of verdicts
+            raise TeacherError(f"Lion iteration {iteration}: the referee ({self.referee.model}) did not answer "
+                               f"{missing} of {len(pairs)} pairs (its failed requests and their errors are in "
+                               "the requests table); the verdicts it gave are stored: re-run the same run_name "
+                               "to judge the rest")
 
     def generate(self, iteration: int, cache: Sequence[Instruction], train: Sequence[Instruction]) -> dict[str, int]:
         """New instructions from this iteration's hard and easy ones; the kept ones join the pools."""
@@ -390,7 +406,8 @@ class LionLoop:
         novelty = RougeNovelty(self.params.rouge_threshold)
         novelty.extend(i.text for i in cache)
         known = {i.id for i in (*cache, *train)}
-        progress = self._progress(iteration, GENERATION, f"Iteration {iteration}: new instructions asked for")
+        progress = self._progress(iteration, GENERATION, f"Iteration {iteration}: new instructions asked for",
+                                  len(seeds))
         counts: dict[str, int] = {}
         size = self.config.answer_batch_size
         for k in range(0, len(seeds), size):
@@ -400,6 +417,13 @@ class LionLoop:
                 counts[name] = counts.get(name, 0) + n
             progress.update(min(k + size, len(seeds)), len(seeds))
         progress.finish()
+        if seeds and counts.get("failed", 0) == len(seeds):
+            raise TeacherError(f"Lion iteration {iteration}: every one of the {len(seeds)} generation requests to "
+                               f"{self.generator.model} failed (see the requests table); re-run the same run_name "
+                               "once it answers")
+        if counts.get("failed"):
+            self.logger.warning("iteration %d: %d of %d generation requests failed", iteration, counts["failed"],
+                                len(seeds))
         return counts
 
     # -- one iteration -----------------------------------------------------------------

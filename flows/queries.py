@@ -173,7 +173,8 @@ STORED_SAMPLES = "SELECT id, method FROM samples WHERE id IN (SELECT unnest(?::V
 LION_TRAINING_RUN = """
 SELECT id, status, student, teacher, checkpoint_path, final_loss FROM training_runs
 WHERE name = ? AND status IN ('completed', 'diverged') ORDER BY ended_at DESC LIMIT 1"""
-LION_EVALUATED = "SELECT DISTINCT model_label FROM evaluations WHERE run_id = ? AND dataset_name = ? AND dataset_version = ?"
+LION_EVALUATED = """
+SELECT DISTINCT model_label FROM evaluations WHERE run_id = ? AND dataset_name = ? AND dataset_version = ?"""
 LION_EVALUATIONS = """
 SELECT model_label, metric, value, n FROM evaluations
 WHERE run_id = ? AND dataset_name = ? AND dataset_version = ? ORDER BY id"""

@@ -47,9 +47,9 @@ import random
 import string
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.text import format_prompt
 from filters import rouge
@@ -113,6 +113,15 @@ class LionParams(BaseModel):
                            "paper drops 3 words or fewer).")
     rouge_threshold: float = Field(0.7, ge=0, le=1, description="Drop a new instruction whose ROUGE-L F1 against "
                                    "the Cache Pool or an instruction this iteration generated is above this.")
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _scores_first(cls, value: Any) -> Any:
+        """Lion's referee writes the scores first: a judge section that does not say
+        otherwise gets that order, not the generic judge's default."""
+        if isinstance(value, dict):
+            return {"verdict_order": "scores_first", **value}
+        return value
 
     @model_validator(mode="after")
     def _threshold_on_scale(self) -> "LionParams":
@@ -182,6 +191,8 @@ def judgment(verdict: PairwiseVerdict, pair: LionPair, *, iteration: int, thresh
                               sample_b=pair.student.id, model_a=pair.teacher.teacher_model,
                               model_b=pair.student.teacher_model, judge_model=referee_model)
     gap = verdict.gap
+    # Name a failed request first, whichever order it was in: the referee did not answer.
+    error = next((c.error for c in verdict.calls if c.error and c.error.startswith(_NO_ANSWER)), verdict.error)
     return LionJudgment(
         run_id=run_id, iteration=iteration, instruction_id=pair.instruction.id, teacher_sample=pair.teacher.id,
         student_sample=pair.student.id, teacher_model=pair.teacher.teacher_model,
@@ -190,7 +201,16 @@ def judgment(verdict: PairwiseVerdict, pair: LionPair, *, iteration: int, thresh
         label=classify(gap, threshold), ab_teacher_score=row.ab_score_a, ab_student_score=row.ab_score_b,
         ab_text=row.ab_text, ab_request_key=row.ab_request_key, ba_teacher_score=row.ba_score_a,
         ba_student_score=row.ba_score_b, ba_text=row.ba_text, ba_request_key=row.ba_request_key,
-        error=verdict.error, template_version=verdict.template_version, flow_run_id=flow_run_id)
+        error=error, template_version=verdict.template_version, flow_run_id=flow_run_id)
+
+
+_NO_ANSWER = "request failed"  # generators.judge's error for a call whose requests failed
+
+
+def unanswered(row: LionJudgment) -> bool:
+    """The referee did not answer (its requests failed, in either order): no verdict, and
+    the pair is to be judged again; unlike a verdict it gave without two scores."""
+    return not row.ok and (row.error or "").startswith(_NO_ANSWER)
 
 
 async def adiscriminate(referee: Teacher, pairs: Sequence[LionPair], params: LionParams, *, iteration: int,

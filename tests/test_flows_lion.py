@@ -19,7 +19,7 @@ import yaml
 
 from flows.config import LionConfig, load_lion_config
 from storage.datasets import load_rows
-from storage.records import Instruction
+from storage.records import Instruction, Sample
 from storage.store import Store
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness", "one_torch_thread")]
@@ -127,6 +127,7 @@ def test_one_iteration_writes_the_three_tables_and_a_rerun_resumes(tmp_path, fak
     assert (j["ab_teacher_score"], j["ab_student_score"], j["ba_teacher_score"], j["ba_student_score"]) == (
         7.0, 7.0, 7.0, 7.0)
     assert j["ab_text"].startswith("7 7") and j["referee_model"] == "fake-referee"
+    assert j["template_version"] == "judge_pairwise_scores_first@1"
     assert (j["teacher_model"], j["student_model"]) == ("fake-teacher", "lion-t1-student-it1")
     assert {r["flow_run_id"] for r in judgments} == {flow_run} and {r["iteration"] for r in judgments} == {1}
     samples = {r["id"]: r for r in store.query("SELECT id, method, teacher_model FROM samples")}
@@ -203,6 +204,38 @@ def _artifact_keys() -> set[str]:
         return {a.key for a in client.read_artifacts() if a.key}
 
 
+def test_a_referee_that_did_not_answer_leaves_the_pair_to_judge_again(store):
+    """The referee task (called as a plain function): a verdict the referee gave without two
+    scores is stored failed; one whose requests failed is not stored (the next run judges it)."""
+    from flows.lion import judge_batch
+    from generators.lion import LionPair, LionParams
+    from generators.teachers.base import Completion
+    from generators.teachers.scripted import ScriptedTeacher, prompt_text
+
+    pairs = []
+    for question in ("q-ok", "q-unparseable", "q-down"):
+        ins = Instruction(text=question, method="seed")
+        pairs.append(LionPair(ins, Sample(instruction_id=ins.id, response=f"TEACHER {question}"),
+                              Sample(instruction_id=ins.id, response=f"student {question}")))
+        store.ingest([ins, pairs[-1].teacher, pairs[-1].student])
+
+    def script(req):
+        text = prompt_text(req)
+        if "q-down" in text:
+            return Completion(key="", ok=False, error="http 503")
+        if "q-unparseable" in text:
+            return "Both answers are nice."
+        return "8 6\nFine." if text.split(JUDGE_MARK + "\n", 1)[1].startswith("TEACHER") else "6 8\nFine."
+
+    out = judge_batch.fn(1, 1, pairs, ScriptedTeacher(script, model="ref"), LionParams(judge={"max_retries": 1}),
+                         store, "run")
+    assert out == {"judged": 1, "failed": 1, "hard": 1, "easy": 0, "unanswered": 1}
+    rows = store.query("SELECT i.text, j.ok, j.label, j.error FROM lion_judgments j "
+                       "JOIN instructions i ON i.id = j.instruction_id ORDER BY i.text")
+    assert rows == [{"text": "q-ok", "ok": True, "label": "hard", "error": None},
+                    {"text": "q-unparseable", "ok": False, "label": None,
+                     "error": "unparseable verdict after 2 attempts"}]
+
 def test_config_errors_are_one_line(tmp_path):
     from core.errors import InputError
 
@@ -228,3 +261,145 @@ def test_the_shipped_config_is_the_embedded_loop():
     assert config.loop.judge.verdict_order == "scores_first" and config.loop.judge.swap_positions
     assert config.loop.threshold == 1.0 and config.loop.hard_per_iteration == config.loop.easy_per_iteration
     assert LionConfig.model_validate(config.model_dump(mode="json")) == config
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _referee_prompt(store: Store, judgment: dict, teacher_first: bool) -> str:
+    """The referee prompt of one order of a stored judgment, as the fake server saw it."""
+    from core.text import format_prompt
+    from generators.templates import load_template
+
+    (ins,) = store.query("SELECT text, input FROM instructions WHERE id = ?", [judgment["instruction_id"]])
+    ids = [judgment["teacher_sample"], judgment["student_sample"]]
+    answers = {r["id"]: r["response"] for r in store.query("SELECT id, response FROM samples WHERE id IN (?, ?)", ids)}
+    teacher, student = answers[judgment["teacher_sample"]], answers[judgment["student_sample"]]
+    first, second = (teacher, student) if teacher_first else (student, teacher)
+    return load_template("judge_pairwise_scores_first").render(
+        question=format_prompt(ins["text"], ins["input"]), answer_1=first, answer_2=second)
+
+
+def test_killed_mid_discrimination_resumes_without_rejudging(tmp_path, fake_openai, tiny_models, prefect_env):
+    """`distill lion` killed (SIGKILL) while the referee works, then run again: no pair judged
+    before the kill reaches the referee again, and the run finishes with every pair judged once."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    fake_openai.responder = responder
+    fake_openai.latency = 0.15
+    student, _ = tiny_models
+    db = tmp_path / "killed.duckdb"
+    topics = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu"]
+    data = lion_config(tmp_path, fake_openai.url, student, db, run_name="killed")
+    pool = tmp_path / "pool12.jsonl"
+    pool.write_text("".join(json.dumps({"instruction": f"Explain the {'tricky' if k % 3 == 0 else 'plain'} topic "
+                                                       f"{t}."}) + "\n" for k, t in enumerate(topics)))
+    data["pools"] = {"train": str(pool)}
+    data["student"]["num_threads"] = 1
+    config = tmp_path / "lion.yaml"
+    config.write_text(yaml.safe_dump(data))
+    env = {**prefect_env, "OMP_NUM_THREADS": "1", "DISTILL_CACHE": os.environ.get("DISTILL_CACHE", "")}
+    env = {k: v for k, v in env.items() if v != ""}
+
+    first = _cli(["lion", "--config", str(config), "--iterations", "1"], env)
+    deadline = time.monotonic() + 300
+    while sum(_referee_prompts(fake_openai).values()) < 6:  # batch 1 (4 requests) stored, batch 2 on the wire
+        assert first.poll() is None, first.stdout.read()
+        assert time.monotonic() < deadline, "the referee never got going"
+        time.sleep(0.02)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    seen_before = dict(_referee_prompts(fake_openai))
+
+    store = Store(db)
+    store.merge_journal()
+    judged = store.query("SELECT * FROM lion_judgments")
+    assert 0 < len(judged) < 12, "the kill must land mid-discrimination"
+    judged_prompts = {_referee_prompt(store, j, teacher_first) for j in judged for teacher_first in (True, False)}
+    assert judged_prompts <= set(seen_before)
+    assert store.query("SELECT count(*) AS n FROM lion_iterations") == [{"n": 0}]
+
+    second = _cli(["lion", "--config", str(config), "--iterations", "1"], env)
+    out, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, out
+    assert "lion killed" in out and 'distill sql "select * from lion_iterations"' in out
+
+    counts = _referee_prompts(fake_openai)
+    # No verdict stored before the kill was asked for again...
+    assert {p: counts[p] for p in judged_prompts} == {p: 1 for p in judged_prompts}
+    # ...only requests on the wire at the kill may have been sent twice.
+    assert {p for p, n in counts.items() if n > 1} <= set(seen_before) - judged_prompts
+    rows = store.query("SELECT instruction_id, count(*) AS n FROM lion_judgments GROUP BY 1")
+    assert len(rows) == 12 and {r["n"] for r in rows} == {1}
+    assert store.query("SELECT count(*) AS n FROM training_runs") == [{"n": 1}]  # not trained again
+    assert store.check_integrity() == {}
+
+    # `distill sql` shows the iteration's row.
+    shown = CliRunner().invoke(app, ["--db", str(db), "sql", "select iteration, hard, easy, judged from lion_iterations",
+                                     "--format", "json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output) == [{"iteration": 1, "hard": 4, "easy": 8, "judged": 12}]
+
+
+# --------------------------------------------------------------------------- the embedded models
+
+
+@pytest.mark.slow
+def test_one_small_iteration_with_the_embedded_smollm2(tmp_path):
+    """configs/lion.yaml, made small: SmolLM2-135M teaches, referees and generates; its
+    pruned copy is the student. Every verdict either parsed (scores, a label) or failed
+    (its raw text and error, no scores): a small referee is never given made-up scores."""
+    import asyncio
+
+    from filters.rouge import RougeNovelty
+    from flows.lion import lion_flow
+    from generators.lion import LionParams, LionSeed, agenerate_instructions
+    from generators.teachers.transformers_backend import TransformersTeacher
+
+    pool, heldout = tmp_path / "pool.jsonl", tmp_path / "heldout.jsonl"
+    pool.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in [
+        "Give three tips for staying warm in winter.", "Explain why the moon changes shape.",
+        "Write a two-line poem about a river.", "What is 12 times 4?"]))
+    heldout.write_text("".join(json.dumps({"instruction": t}) + "\n" for t in HELDOUT))
+    db = tmp_path / "embedded.duckdb"
+    config = load_lion_config(ROOT / "configs" / "lion.yaml", {
+        "run_name": "small", "db": str(db), "pools.train": str(pool), "heldout.file": str(heldout),
+        "heldout.max_new_tokens": 12, "loop.answer_max_tokens": 32, "loop.judge.max_tokens": 12,
+        "loop.judge.max_retries": 0, "train.max_steps": 2, "train.batch_size": 4,
+        "train.output_dir": str(tmp_path / "checkpoints")})
+    out = lion_flow(config)
+    store = Store(db)
+    (row,) = out["iterations"]
+    assert (row["train_pool"], row["cache_pool"], row["judged"] + row["failed"]) == (4, 4, 4)
+    assert row["hard"] + row["easy"] == row["judged"] and row["kl_teacher_student"] is not None
+    judgments = store.query("SELECT * FROM lion_judgments")
+    assert len(judgments) == 4
+    for j in judgments:
+        if j["ok"]:
+            assert j["gap"] == j["teacher_score"] - j["student_score"] and j["label"] in ("hard", "easy")
+        else:
+            assert j["teacher_score"] is None and j["label"] is None and j["error"] and j["ab_text"] is not None
+    assert {j["referee_model"] for j in judgments} == {"SmolLM2-135M-Instruct"}
+    assert store.query("SELECT count(*) AS n FROM lion_pool WHERE iteration = 0") == [{"n": 8}]
+    (train,) = store.query("SELECT name, status FROM training_runs")
+    assert train == {"name": "lion-small-it1", "status": "completed"}
+    assert store.check_integrity() == {}
+
+    # The generation step with the real model (the loop above may have had no verdict to
+    # build on): each reply becomes an instruction, or its drop names a filter's reason.
+    seeds = [LionSeed(Instruction(text="Explain why the moon changes shape.", method="seed"), "hard"),
+             LionSeed(Instruction(text="Write a two-line poem about a river.", method="seed"), "easy")]
+    new = asyncio.run(agenerate_instructions(TransformersTeacher(), seeds, LionParams(), novelty=RougeNovelty(0.7),
+                                             iteration=1))
+    assert len(new.instructions) + len(new.rejected) + new.counts.get("empty", 0) == 2
+    assert {d.reason for d in new.decisions if not d.kept} <= {
+        "mentions_instruction", "cut_by_length", "too_short", "starts_with_punctuation", "starts_non_ascii",
+        "too_similar"}
+    assert all(i.parent_id in {s.instruction.id for s in seeds} for i in [*new.instructions, *new.rejected])

@@ -270,7 +270,28 @@ def test_params_defaults_and_checks():
     assert (params.threshold, params.hard_per_iteration, params.easy_per_iteration) == (1.0, 16, 16)
     assert (params.answer_temperature, params.student_temperature, params.generation_temperature) == (0.7, 0.7, 1.0)
     assert params.judge.verdict_order == "scores_first" and params.judge.swap_positions
+    # A judge section that does not name the order still gets Lion's (scores first).
+    assert LionParams(judge={"max_retries": 4}).judge.verdict_order == "scores_first"
+    assert LionParams(judge={"verdict_order": "explanation_first"}).judge.verdict_order == "explanation_first"
     with pytest.raises(ValidationError, match="larger than any gap on the referee's scale 1..10"):
         LionParams(threshold=9.5)
     with pytest.raises(ValidationError, match="Extra inputs"):
         LionParams(treshold=1.0)
+
+
+def test_a_referee_that_did_not_answer_is_no_verdict():
+    from generators.lion import unanswered
+
+    def script(req):
+        if "q-half" in prompt_text(req) and prompt_text(req).split("[Assistant 1's answer]\n", 1)[1].startswith(STUDENT):
+            return Completion(key="", ok=False, error="http 503")  # the second order never answered
+        return "I like both."  # the first order: answered, without two scores
+    pairs = [p for p in _pairs() if p.instruction.text == "q-hard"]
+    ins = Instruction(text="q-half", method="seed")
+    pairs.append(LionPair(ins, Sample(instruction_id=ins.id, response=f"{TEACHER} q-half"),
+                          Sample(instruction_id=ins.id, response=f"{STUDENT} q-half")))
+    rows = run(adiscriminate(ScriptedTeacher(script, model="r"), pairs, LionParams(judge={"max_retries": 0}),
+                             iteration=1, run_id="run"))
+    assert [(r.ok, unanswered(r)) for r in rows] == [(False, False), (False, True)]
+    assert rows[0].error == "unparseable verdict after 1 attempts"
+    assert rows[1].error == "request failed: http 503 after 1 attempts"
