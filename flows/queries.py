@@ -188,6 +188,13 @@ LION_SCORES = """
 SELECT teacher_score, student_score, gap, label FROM lion_judgments
 WHERE run_id = ? AND iteration = ? AND ok ORDER BY instruction_id"""
 LION_ITERATION = "SELECT * FROM lion_iterations WHERE run_id = ? AND iteration = ?"
+# Verdicts that never named two scores: the first line of each order's raw text (ab: the
+# teacher's answer shown first, ba: the student's), where the scores belong.
+LION_FAILED_VERDICTS = """
+SELECT left(split_part(ab_text, chr(10), 1), 60) AS ab_first_line,
+       left(split_part(ba_text, chr(10), 1), 60) AS ba_first_line, error
+FROM lion_judgments WHERE run_id = ? AND iteration = ? AND NOT ok
+ORDER BY instruction_id LIMIT 5"""
 LION_THRESHOLD = "SELECT max(threshold) AS t FROM lion_judgments WHERE run_id = ? AND iteration = ?"
 LION_DROPS = """
 SELECT d.filter, d.reason, count(*) AS n FROM filter_decisions d

@@ -199,7 +199,7 @@ def lion_counts(row: Any) -> dict[str, Any]:
             "mean gap": num(row.mean_gap), "new instructions": row.generated, "new from hard": row.generated_hard,
             "new from easy": row.generated_easy, "dropped by filters": row.dropped,
             "ROUGE-L vs teacher (held-out)": num(row.rougeL_teacher),
-            "KL(teacher||student) (held-out)": None if row.kl_teacher_student is None
+            "KL(teacher‖student) (held-out)": None if row.kl_teacher_student is None
             else round(row.kl_teacher_student, 4),
             "tokens": row.tokens, "seconds": row.elapsed_s}
 
@@ -218,9 +218,8 @@ def publish_lion_iteration(store: Store, run_name: str, row: Any, generation: Ma
            f"({row.failed} verdicts never parsed): **{row.hard} hard, {row.easy} easy**; "
            f"{row.generated} new instructions joined both pools. Student checkpoint `{row.checkpoint}` "
            f"(dataset `{row.dataset_name}@{row.dataset_version}`, training run `{row.training_run_id}`).")
-    iteration_sql = for_display(queries.LION_ITERATION, [run_id, i])
-    for label, value in lion_counts(row).items():
-        r.number(label, value, iteration_sql)
+    r.table([{"what": label, "value": "-" if value is None else value} for label, value in lion_counts(row).items()],
+            sql=for_display(queries.LION_ITERATION, [run_id, i]))
     r.heading("The referee's scores")
     teacher = [s["teacher_score"] for s in scores]
     student = [s["student_score"] for s in scores]
@@ -236,6 +235,12 @@ def publish_lion_iteration(store: Store, run_name: str, row: Any, generation: Ma
             marker=(f"threshold {threshold:g}: hard at or right of it", threshold) if threshold is not None
             else None))
     r.text("Scores come from:\n\n" + f"```sql\n{for_display(queries.LION_SCORES, [run_id, i])}\n```")
+    if row.failed:
+        failed = store.query(queries.LION_FAILED_VERDICTS, [run_id, i])
+        r.text(f"{row.failed} verdicts never named two scores on their first line (stored with their raw text, "
+               "never given scores). The first lines of some (ab: the teacher's answer shown first, ba: the "
+               "student's):").table(
+            failed, sql=for_display(queries.LION_FAILED_VERDICTS, [run_id, i]))
     if row.eval:
         r.heading("Held-out evaluation")
         from training.evaluate import METRIC_TITLES
