@@ -45,6 +45,7 @@ from prefect.utilities.annotations import quote
 
 from core.embedded import model_folder
 from core.errors import InputError, TeacherError
+from filters.rouge import RougeNovelty
 from flows import queries, reports
 from flows.artifacts import Progress, artifact_key
 from flows.config import LionConfig
@@ -66,7 +67,6 @@ from generators.responses import ResponsesConfig, agenerate_responses
 from generators.teachers import build_teacher
 from generators.teachers.base import Teacher
 from generators.teachers.config import TeacherConfig
-from filters.rouge import RougeNovelty
 from storage.datasets import create_dataset
 from storage.records import (
     Instruction,
@@ -78,7 +78,8 @@ from storage.records import (
 )
 from storage.seeds import parse_instructions_file
 from storage.store import Store
-from training.config import EvalConfig
+from training.config import EvalConfig, TrainConfig
+from training.evaluate import eval_items
 
 IMITATION = "imitation: teacher answers"
 TRAINING = "imitation: training"
@@ -87,7 +88,6 @@ TEACHER_ANSWERS = "discrimination: teacher answers"
 STUDENT_ANSWERS = "discrimination: student answers"
 REFEREE = "discrimination: referee"
 GENERATION = "generation"
-STEPS = (IMITATION, TRAINING, EVALUATION, TEACHER_ANSWERS, STUDENT_ANSWERS, REFEREE, GENERATION)
 BEFORE = "student (before)"
 
 
@@ -101,13 +101,9 @@ def student_label(iteration: int) -> str:
     return f"lion it{iteration}"
 
 
-def _decoded(row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
-    for name in ("sampling_params", "metadata"):
-        if isinstance(row.get(name), str):
-            row[name] = json.loads(row[name])
-    row["metadata"] = row.get("metadata") or {}
-    return row
+def _parsed(row: dict[str, Any], *json_columns: str) -> dict[str, Any]:
+    """A stored row with its JSON columns read back (as the record types define them)."""
+    return {k: json.loads(v) if k in json_columns and isinstance(v, str) else v for k, v in row.items()}
 
 
 # --------------------------------------------------------------------------- tasks
@@ -137,7 +133,8 @@ def answer_batch(iteration: int, who: str, index: int, instructions: list[Instru
 
 
 @task(name="lion-train", task_run_name="it{iteration}-train", cache_policy=NO_CACHE)
-def train_student(iteration: int, config: Any, store: Store, dataset: str, version: int, run_name: str) -> dict:
+def train_student(iteration: int, config: TrainConfig, store: Store, dataset: str, version: int,
+                  run_name: str) -> dict[str, Any]:
     """``training.train.train`` on the iteration's dataset version, with progress."""
     from training.train import train
 
@@ -230,6 +227,9 @@ class LionLoop:
         self.generator = self._built(config.generator or config.teacher)
         weights = config.teacher.weights
         self.teacher_weights = str(model_folder(weights)) if weights else None
+        # Read now, so that a bad held-out file fails the run before any work, not after training.
+        heldout = config.heldout
+        self.heldout = eval_items(jsonl=heldout.file, max_prompts=heldout.size) if heldout.enabled else []
 
     def _built(self, config: TeacherConfig) -> Teacher:
         """The ledgered teacher of ``config``; the same config is one model in memory."""
@@ -269,7 +269,8 @@ class LionLoop:
     def pool(self, name: str, iteration: int) -> list[Instruction]:
         """The pool as iteration ``iteration`` sees it (what joined before it)."""
         rows = self.store.query(queries.LION_POOL, [self.run_id, name, iteration])
-        return [Instruction(**_decoded(r)) for r in rows]
+        parsed = [_parsed(r, "sampling_params", "metadata") for r in rows]
+        return [Instruction(**{**r, "metadata": r["metadata"] or {}}) for r in parsed]
 
     # -- steps -------------------------------------------------------------------------
 
@@ -343,11 +344,8 @@ class LionLoop:
         models = {label: path for label, path in models.items() if label not in done}
         progress = self._progress(iteration, EVALUATION, f"Iteration {iteration}: held-out evaluation", 1)
         if models:
-            from training.evaluate import eval_items
-
-            items = eval_items(jsonl=heldout.file, max_prompts=heldout.size)
-            for item in items:  # asked the way the student trained: under the system prompt
-                item["system_prompt"] = self.params.system_prompt
+            # Asked the way the student trained: under the system prompt.
+            items = [{**item, "system_prompt": self.params.system_prompt} for item in self.heldout]
             self._teacher_references(items)
             config = EvalConfig(max_new_tokens=heldout.max_new_tokens, batch_size=heldout.batch_size)
             evaluate_students(iteration, models, items, self.teacher_weights, config, quote(self.store),
@@ -502,8 +500,8 @@ def lion_flow(config: LionConfig = LionConfig(), iterations: int | None = None) 
     run_config["teacher_weights"] = str(model_folder(weights)) if weights else None
     rows: list[LionIteration] = []
     with recorded_run(store, "lion", run_name, run_config) as run:
-        done = {r["iteration"]: LionIteration(**_decoded_row(r)) for r in store.query(queries.LION_ITERATIONS,
-                                                                                       [run.id])}
+        done = {r["iteration"]: LionIteration(**_parsed(r, "eval", "tokens_by_model"))
+                for r in store.query(queries.LION_ITERATIONS, [run.id])}
         loop = LionLoop(store, config, run_name, run.id, logger)
         try:
             sizes = loop.seed_pools()
@@ -527,14 +525,6 @@ def lion_flow(config: LionConfig = LionConfig(), iterations: int | None = None) 
         run.finish("completed", {"iterations": [_counts(r) for r in rows]})
     logger.info("lion %s: %s", run_name, summary["message"])
     return summary
-
-
-def _decoded_row(row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
-    for name in ("eval", "tokens_by_model"):
-        if isinstance(row.get(name), str):
-            row[name] = json.loads(row[name])
-    return row
 
 
 def _counts(row: LionIteration) -> dict[str, Any]:
