@@ -81,7 +81,9 @@ DEFAULT_SYSTEM_PROMPT = (
 
 
 class LionParams(BaseModel):
-    """The knobs of Lion's loop (the paper's values by default)."""
+    """The knobs of Lion's loop: the paper's values for the temperatures, the threshold, the
+    generation length limit and the filters; counts per iteration sized for small runs (the
+    paper asks for thousands of hard and easy ones, 1:1)."""
 
     model_config = ConfigDict(extra="forbid")
 
