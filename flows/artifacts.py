@@ -225,6 +225,27 @@ def length_histogram(series: Mapping[str, Sequence[int]], *, title: str = "Lengt
     return _png(fig)
 
 
+def distribution_chart(series: Mapping[str, Sequence[float]], *, title: str, xlabel: str,
+                       edges: Sequence[float], marker: tuple[str, float] | None = None) -> bytes:
+    """Overlaid histograms of values on fixed bin ``edges`` (e.g. judge scores 1-10), one per
+    named series; ``marker`` draws a labelled vertical line (e.g. a threshold)."""
+    import numpy as np
+
+    fig, ax = _figure(6, 3)
+    for name, values in series.items():
+        if len(values):
+            ax.stairs(np.histogram(np.asarray(values, dtype=float), bins=edges)[0], edges, fill=True, alpha=0.5,
+                      label=f"{name} (n={len(values)})")
+    if marker is not None:
+        ax.axvline(marker[1], color="black", linestyle="--", linewidth=1, label=marker[0])
+    if any(len(v) for v in series.values()) or marker is not None:
+        ax.legend()
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    return _png(fig)
+
+
 def funnel_chart(stages: Sequence[tuple[str, int]], *, title: str = "Filter funnel") -> bytes:
     """Horizontal bars: how many items survive each stage, top to bottom."""
     return _png(_funnel_figure(stages, title))

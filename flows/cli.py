@@ -307,6 +307,7 @@ SUBCOMMANDS: list[tuple[str, str | None]] = [
     ("flows.cli_teacher", "teacher"),
     ("flows.cli_flows", None),  # distill run / generate / curate / train (the Prefect flows)
     ("flows.cli_server", "server"),  # distill server start / stop / status
+    ("flows.cli_lion", None),  # distill lion (Lion's adversarial loop)
 ]
 
 

@@ -99,7 +99,7 @@ class _Bars:
         text = ""
         if stage == "generate":
             text = f"{info.get('requests', 0)} requests"
-        elif stage == "train" and info.get("loss") is not None:
+        elif info.get("loss") is not None:  # train, and any step that trains (lion's)
             text = f"loss {info['loss']:.4f}"
         self.progress.update(self.tasks[stage], completed=done, total=total or None, info=text)
 

@@ -16,18 +16,27 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from core.config import load_config_file
 from core.errors import InputError
 from filters.config import FilterConfig as FiltersConfig
 from generators.judge import JudgeConfig
+from generators.lion import LionParams
 from generators.registry import METHODS, Method, MethodName, MethodParams
 from generators.responses import ResponsesConfig
 from core.embedded import same_weights
-from generators.teachers.config import TEACHER_ENV, TeacherConfig, default_teacher, teacher_label
+from generators.teachers.config import (
+    TEACHER_ENV,
+    TeacherConfig,
+    TransformersConfig,
+    VLLMConfig,
+    default_teacher,
+    teacher_label,
+)
+from storage.seeds import LION_HELDOUT_FILE, LION_POOL_FILE
 from training.config import TrainConfig
 from training.student import tokenizers_differ
 
@@ -398,6 +407,121 @@ def logit_teacher_problem(teacher: TeacherConfig, train: TrainConfig) -> str | N
             return (f"train.student {train.student!r} and the logit teacher {logit_weights!r} have different "
                     f"tokenizers ({different}): white-box distillation needs a shared tokenizer")
     return None
+
+
+# -- Lion (flows/lion.py) ----------------------------------------------------------------
+
+
+class LionPoolsConfig(_Section):
+    """Where Lion's two pools start: JSONL instruction files (``{"instruction", "input"?}``
+    per line, read by ``storage.seeds.parse_instructions_file``). Generated instructions
+    join both pools as the loop goes."""
+
+    train: str = Field(str(LION_POOL_FILE), description="The Train Pool's starting instructions: the teacher "
+                       "answers them and the student is fine-tuned on the answers. Default: the shipped "
+                       "storage/seeds/lion_pool.jsonl.")
+    cache: str | None = Field(None, description="The Cache Pool's starting instructions: the referee compares "
+                              "the teacher's and the student's answers to them. Default: the train file (the "
+                              "paper starts both pools from the same instructions).")
+
+
+class LionHeldOutConfig(_Section):
+    """The held-out evaluation after each iteration's training (training/evaluate.py):
+    every model answers the same prompts greedily; ROUGE-L against the teacher's greedy
+    answers (asked through the ledger) and, with a local teacher, KL(teacher || student)."""
+
+    enabled: bool = Field(True, description="Evaluate each iteration's student on the held-out prompts.")
+    file: str = Field(str(LION_HELDOUT_FILE), description="JSONL of held-out prompts ({instruction, input?, "
+                      "response?}); keep them out of the pools. Default: storage/seeds/lion_heldout.jsonl.")
+    size: int | None = Field(16, ge=1, description="Use the first this many prompts (None: all).")
+    max_new_tokens: int = Field(64, ge=1, description="Greedy answer length, teacher's and students'.")
+    batch_size: int = Field(8, ge=1, description="Prompts generated per batch.")
+    before: bool = Field(True, description="At iteration 1, also evaluate the student before any training "
+                         "(label 'student (before)').")
+
+
+def _student_backend(value: Any) -> str:
+    if isinstance(value, dict):
+        return value.get("backend", "transformers")
+    return getattr(value, "backend", "transformers")
+
+
+StudentBackendConfig = Annotated[
+    Union[Annotated[TransformersConfig, Tag("transformers")], Annotated[VLLMConfig, Tag("vllm")]],
+    Discriminator(_student_backend, custom_error_type="backend",
+                  custom_error_message="the student answers through backend transformers or vllm"),
+]
+"""How the student answers: an in-process transformers model (batched) or a vLLM server
+started from its checkpoint; the loop fills in the model (each iteration's checkpoint)."""
+
+
+class LionConfig(_Section):
+    """Lion's adversarial loop (flows/lion.py): who teaches, judges, generates and learns,
+    the pools, the held-out evaluation and the loop's knobs, as one YAML file."""
+
+    run_name: str = Field("lion", description="Name of this run. Re-running it resumes: finished iterations "
+                          "and steps are skipped, judged pairs are not judged again, paid requests are served "
+                          "from the ledger. '{scheduled}' in it becomes the flow run's scheduled start.")
+    db: str | None = Field(None, description="DuckDB file (default: $DISTILL_DB, else ./distillery.duckdb).")
+    iterations: int = Field(1, ge=1, description="Iterations the run should have finished when it ends "
+                            "(distill lion --iterations N): a run with 1 finished goes on with 2..N.")
+    teacher: TeacherConfig = Field(default_factory=default_teacher, description="The teacher: answers the Train "
+                                   "and Cache Pools and the held-out prompts (default: the embedded SmolLM2).")
+    referee: TeacherConfig | None = Field(None, description="The referee that scores teacher against student "
+                                          "(the pairwise judge). Default: the teacher.")
+    generator: TeacherConfig | None = Field(None, description="The model that writes new instructions from hard "
+                                            "and easy ones. Default: the teacher.")
+    student: StudentBackendConfig = Field(
+        default_factory=TransformersConfig,
+        description="How the student answers the Cache Pool: backend transformers (in-process, batched; "
+        "batch_size, device, dtype, num_threads) or vllm (a server started from the checkpoint; python, port, "
+        "dtype, kv_cache_gib, extra_args, startup_timeout_s). model_path and model are the loop's: each "
+        "iteration's checkpoint, named lion-<run_name>-student-it<i>.")
+    train: TrainConfig = Field(
+        default_factory=lambda: TrainConfig(output_dir="checkpoints/lion"),
+        description="The student's training each iteration (training.config.TrainConfig): method sft, or a KD "
+        "preset when the teacher is local; student 'prune' (the teacher with layers removed) or a folder for "
+        "iteration 1, the previous iteration's checkpoint after that. Checkpoints go to "
+        "<output_dir>/<run_name>/it<i>.")
+    pools: LionPoolsConfig = Field(default_factory=LionPoolsConfig, description="The pools' starting files.")
+    heldout: LionHeldOutConfig = Field(default_factory=LionHeldOutConfig,
+                                       description="Held-out evaluation after each iteration's training.")
+    loop: LionParams = Field(default_factory=LionParams, description="The loop's knobs (generators/lion.py): "
+                             "system prompt, temperatures, answer length, the referee's judge settings, the "
+                             "hard threshold, hard/easy counts per iteration, generation filters.")
+    answer_batch_size: int = Field(32, ge=1, le=4096, description="Answers per Prefect task (teacher and "
+                                   "student), and generation requests per task; each task stores its records.")
+    judge_batch_size: int = Field(16, ge=1, le=2048, description="Pairs per referee task (two requests a pair); "
+                                  "each task's verdicts are stored when it ends, so a crash loses at most one.")
+
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, v: str) -> str:
+        return _check_name(v, "run_name")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LionConfig":
+        fixed = [name for name in ("model_path", "model", "base_url") if getattr(self.student, name, None)]
+        if fixed:
+            raise ValueError(f"student.{fixed[0]} is set by the loop (each iteration's checkpoint, served as "
+                             "lion-<run_name>-student-it<i>): leave it out")
+        if self.train.method == "distill":
+            raise ValueError("train.method 'distill' trains on rationales; Lion's student imitates answers: "
+                             "use sft (or a KD preset with a local teacher)")
+        problem = logit_teacher_problem(self.teacher, self.train)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def safe_dump(self) -> dict[str, Any]:
+        """The config as JSON-able data with secrets left out (what `runs.config` stores)."""
+        return _without_secrets(self.model_dump(mode="json"))
+
+
+def load_lion_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> LionConfig:
+    """Read and validate one Lion YAML file (None: defaults); ``overrides`` (dotted keys) win."""
+    return load_config_file(path, LionConfig, overrides=overrides,
+                            env={name: f"teacher.{key}" for name, key in TEACHER_ENV.items()})
 
 
 _SECRET_KEYS = re.compile(r"(api_?key|token|secret|password)$", re.I)

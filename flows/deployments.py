@@ -99,7 +99,7 @@ def with_database(spec: dict[str, Any], db: str) -> dict[str, Any]:
     """A deployment's parameters with the project's database in them, so every deployment
     of one project (and every run a trigger starts) works on the same file."""
     params = dict(spec.get("parameters") or {})
-    if spec["entrypoint"].endswith(":pipeline_flow"):
+    if spec["entrypoint"].endswith((":pipeline_flow", ":lion_flow")):  # one config parameter holds db
         params["config"] = {**(params.get("config") or {}), "db": db}
     else:
         params["db"] = db

@@ -147,6 +147,72 @@ RUN_EVALUATIONS = """
 SELECT model_label, metric, round(value, 4) AS value, n FROM evaluations WHERE run_id = ? ORDER BY id"""
 TRAINING_RUN = "SELECT id, method, final_loss, checkpoint_path, status FROM training_runs WHERE id = ?"
 
+# -- lion -------------------------------------------------------------------------------
+
+# A pool of a Lion run as iteration i sees it: what joined before it (params: run id,
+# 'train' | 'cache', i), in a stable order (the same on a resume).
+LION_POOL = """
+SELECT i.* FROM lion_pool p JOIN instructions i ON i.id = p.instruction_id
+WHERE p.run_id = ? AND p.pool = ? AND p.iteration < ?
+ORDER BY p.iteration, i.id"""
+LION_ITERATIONS = "SELECT * FROM lion_iterations WHERE run_id = ? ORDER BY iteration"
+LION_JUDGED_IDS = "SELECT instruction_id FROM lion_judgments WHERE run_id = ? AND iteration = ?"
+LION_JUDGMENTS = "SELECT * FROM lion_judgments WHERE run_id = ? AND iteration = ? ORDER BY instruction_id"
+LION_JUDGMENT_SUMMARY = """
+SELECT count(*) FILTER (WHERE ok) AS judged, count(*) FILTER (WHERE NOT ok) AS failed,
+       count(*) FILTER (WHERE label = 'hard') AS hard, count(*) FILTER (WHERE label = 'easy') AS easy,
+       avg(teacher_score) AS mean_teacher_score, avg(student_score) AS mean_student_score, avg(gap) AS mean_gap
+FROM lion_judgments WHERE run_id = ? AND iteration = ?"""
+# What iteration i added to the pools, by origin (params: run id, i).
+LION_GENERATED = """
+SELECT origin, count(*) AS n FROM lion_pool
+WHERE run_id = ? AND pool = 'train' AND iteration = ? GROUP BY origin ORDER BY origin"""
+# Samples already stored under these ids, with their method (a student's answer word for
+# word another's is that sample, and is not the student's alone).
+STORED_SAMPLES = "SELECT id, method FROM samples WHERE id IN (SELECT unnest(?::VARCHAR[]))"
+# The training run of one iteration (training_runs.name = lion-<run>-it<i>), if it finished.
+LION_TRAINING_RUN = """
+SELECT id, status, student, teacher, checkpoint_path, final_loss FROM training_runs
+WHERE name = ? AND status IN ('completed', 'diverged') ORDER BY ended_at DESC LIMIT 1"""
+LION_EVALUATED = """
+SELECT DISTINCT model_label FROM evaluations WHERE run_id = ? AND dataset_name = ? AND dataset_version = ?"""
+LION_EVALUATIONS = """
+SELECT model_label, metric, value, n FROM evaluations
+WHERE run_id = ? AND dataset_name = ? AND dataset_version = ? ORDER BY id"""
+DATASET_VERSIONS = "SELECT coalesce(max(version), 0) AS latest FROM datasets WHERE name = ?"
+# The tokens a run's requests paid for since a moment (params: run id, since or NULL), per model.
+RUN_TOKENS_SINCE = """
+SELECT model, coalesce(sum(coalesce(prompt_tokens, 0) + coalesce(completion_tokens, 0)), 0) AS tokens
+FROM requests WHERE run_id = ? AND (?::TIMESTAMP IS NULL OR created_at > ?::TIMESTAMP)
+GROUP BY model ORDER BY model"""
+LION_SCORES = """
+SELECT teacher_score, student_score, gap, label FROM lion_judgments
+WHERE run_id = ? AND iteration = ? AND ok ORDER BY instruction_id"""
+LION_ITERATION = "SELECT * FROM lion_iterations WHERE run_id = ? AND iteration = ?"
+# Verdicts that never named two scores: the first line of each order's raw text (ab: the
+# teacher's answer shown first, ba: the student's), where the scores belong.
+LION_FAILED_VERDICTS = """
+SELECT left(split_part(ab_text, chr(10), 1), 60) AS ab_first_line,
+       left(split_part(ba_text, chr(10), 1), 60) AS ba_first_line, error
+FROM lion_judgments WHERE run_id = ? AND iteration = ? AND NOT ok
+ORDER BY instruction_id LIMIT 5"""
+LION_THRESHOLD = "SELECT max(threshold) AS t FROM lion_judgments WHERE run_id = ? AND iteration = ?"
+LION_DROPS = """
+SELECT d.filter, d.reason, count(*) AS n FROM filter_decisions d
+JOIN instructions i ON i.id = d.item_id
+WHERE i.method = 'lion' AND i.round = ? AND d.run_id = ? AND NOT d.kept
+GROUP BY ALL ORDER BY n DESC, d.filter, d.reason"""
+# The imitation data of iteration {iteration}: the teacher's answer (one per instruction,
+# the earliest) to every Train Pool instruction that joined before it, that no filter
+# dropped. Stored with the dataset version and re-run as is, so values are literals.
+LION_TRAIN_DATA = """SELECT s.sample_id, s.instruction, s.input, s.response, s.system_prompt
+FROM kept_samples s
+JOIN lion_pool p ON p.instruction_id = s.instruction_id
+WHERE p.run_id = {run_id} AND p.pool = 'train' AND p.iteration < {iteration}
+  AND s.teacher_model = {teacher_model}
+QUALIFY row_number() OVER (PARTITION BY s.instruction_id ORDER BY s.created_at, s.sample_id) = 1
+ORDER BY s.sample_id"""
+
 
 def sql_literal(value: Any) -> str:
     """``value`` as a SQL literal (strings quoted, quotes doubled)."""

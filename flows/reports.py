@@ -183,3 +183,79 @@ def publish_train(run_id: str, name: str, s: Mapping[str, Any], loss_history: li
         artifacts.publish_table(artifacts.artifact_key("train", name, "evaluation"), rows,
                                 f"Before/after evaluation, {s['dataset']}@{s['version']}")
     r.publish(artifacts.artifact_key("train", name, "report"))
+
+
+# -- lion -------------------------------------------------------------------------------
+
+
+def lion_counts(row: Any) -> dict[str, Any]:
+    """An iteration's numbers in the order the counts table shows them."""
+    def num(value: Any) -> Any:
+        return None if value is None else round(value, 2)
+
+    return {"Train Pool": row.train_pool, "Cache Pool": row.cache_pool, "judged": row.judged,
+            "failed verdicts": row.failed, "hard": row.hard, "easy": row.easy,
+            "mean teacher score": num(row.mean_teacher_score), "mean student score": num(row.mean_student_score),
+            "mean gap": num(row.mean_gap), "new instructions": row.generated, "new from hard": row.generated_hard,
+            "new from easy": row.generated_easy, "dropped by filters": row.dropped,
+            "ROUGE-L vs teacher (held-out)": num(row.rougeL_teacher),
+            "KL(teacher‖student) (held-out)": None if row.kl_teacher_student is None
+            else round(row.kl_teacher_student, 4),
+            "tokens": row.tokens, "seconds": row.elapsed_s}
+
+
+def publish_lion_iteration(store: Store, run_name: str, row: Any, generation: Mapping[str, int]) -> None:
+    """One Lion iteration's counts table and report: pool sizes, hard/easy counts, the score
+    distributions and the gap as plots, the held-out evaluation, what generation dropped."""
+    i, run_id = row.iteration, row.run_id
+    key = ("lion", run_name, f"it{i}")
+    artifacts.publish_counts(artifacts.artifact_key(*key, "counts"), lion_counts(row),
+                             f"Lion {run_name}, iteration {i}")
+    scores = store.query(queries.LION_SCORES, [run_id, i])
+    threshold = store.query(queries.LION_THRESHOLD, [run_id, i])[0]["t"]
+    r = artifacts.Report(f"Lion {run_name}: iteration {i}")
+    r.text(f"Train Pool {row.train_pool}, Cache Pool {row.cache_pool}; the referee judged {row.judged} pairs "
+           f"({row.failed} verdicts never parsed): **{row.hard} hard, {row.easy} easy**; "
+           f"{row.generated} new instructions joined both pools. Student checkpoint `{row.checkpoint}` "
+           f"(dataset `{row.dataset_name}@{row.dataset_version}`, training run `{row.training_run_id}`).")
+    r.table([{"what": label, "value": "-" if value is None else value} for label, value in lion_counts(row).items()],
+            sql=for_display(queries.LION_ITERATION, [run_id, i]))
+    r.heading("The referee's scores")
+    teacher = [s["teacher_score"] for s in scores]
+    student = [s["student_score"] for s in scores]
+    r.image("Teacher and student scores", artifacts.distribution_chart(
+        {"teacher": teacher, "student": student}, title="Scores (averaged over both orders)", xlabel="score",
+        edges=[x / 2 for x in range(1, 22)]))
+    if scores:
+        gaps = [s["gap"] for s in scores]
+        low, high = min(min(gaps), -1.0), max(max(gaps), (threshold or 1.0) + 1)
+        r.image("Gap (teacher - student)", artifacts.distribution_chart(
+            {"gap": gaps}, title="Gap: teacher score - student score", xlabel="gap",
+            edges=[x / 2 for x in range(int(low * 2) - 1, int(high * 2) + 2)],
+            marker=(f"threshold {threshold:g}: hard at or right of it", threshold) if threshold is not None
+            else None))
+    r.text("Scores come from:\n\n" + f"```sql\n{for_display(queries.LION_SCORES, [run_id, i])}\n```")
+    if row.failed:
+        failed = store.query(queries.LION_FAILED_VERDICTS, [run_id, i])
+        r.text(f"{row.failed} verdicts never named two scores on their first line (stored with their raw text, "
+               "never given scores). The first lines of some (ab: the teacher's answer shown first, ba: the "
+               "student's):").table(
+            failed, sql=for_display(queries.LION_FAILED_VERDICTS, [run_id, i]))
+    if row.eval:
+        r.heading("Held-out evaluation")
+        from training.evaluate import METRIC_TITLES
+
+        rows = []
+        for label, metrics in row.eval.items():
+            cells: dict[str, Any] = {"model": label}
+            for metric, title in METRIC_TITLES.items():
+                if metric in metrics:
+                    cells[title] = round(metrics[metric], 4 if metric == "kl_teacher_student" else 2)
+            rows.append(cells)
+        r.table(rows, sql=for_display(queries.LION_EVALUATIONS, [run_id, row.dataset_name, i]))
+    drops = store.query(queries.LION_DROPS, [i, run_id])
+    r.heading("Generation").text(
+        f"{generation.get('requests', 0)} new instructions asked for, {generation.get('kept', 0)} kept "
+        f"({row.generated_hard} from hard, {row.generated_easy} from easy).")
+    r.table(drops, sql=for_display(queries.LION_DROPS, [i, run_id]))
+    r.publish(artifacts.artifact_key(*key, "report"))

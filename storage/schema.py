@@ -8,6 +8,7 @@ schema means adding a file, never editing a shipped one:
     storage/migrations/001_init.sql      the tables of the data model
     storage/migrations/002_views.sql     named views over them (kept_samples, run_drops, ...)
     storage/migrations/003_pairwise.sql  the pairwise judge's verdicts and pairwise_standings
+    storage/migrations/004_lion.sql      Lion's pools, referee verdicts and iterations
 
 (This module is ``schema``, not ``migrations``: that name is the folder of SQL files.)
 """
@@ -42,6 +43,9 @@ TABLES: tuple[str, ...] = (
     "training_runs",
     "evaluations",
     "pairwise_judgments",
+    "lion_pool",
+    "lion_judgments",
+    "lion_iterations",
 )
 
 SCHEMA_VERSION_DDL = """

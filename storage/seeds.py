@@ -41,6 +41,10 @@ COT_EXAMPLES_FILE = SEEDS_DIR / "cot_examples.jsonl"
 """Worked chain-of-thought examples for the rationales method's few-shot prompt."""
 COT_QUESTIONS_FILE = SEEDS_DIR / "cot_questions.jsonl"
 """Questions with gold answers, for rationales (``parse_instructions_file`` reads them)."""
+LION_POOL_FILE = SEEDS_DIR / "lion_pool.jsonl"
+"""Instructions Lion's Train Pool and Cache Pool start from (``parse_instructions_file``)."""
+LION_HELDOUT_FILE = SEEDS_DIR / "lion_heldout.jsonl"
+"""Held-out prompts Lion evaluates each iteration's student on (none of them in the pool file)."""
 
 HUMAN = "human"  # teacher_model of seed outputs
 

@@ -72,6 +72,13 @@ INTEGRITY_CHECKS: dict[str, str] = {
         "SELECT p.sample_a FROM pairwise_judgments p ANTI JOIN samples s ON s.id = p.sample_a "
         "UNION SELECT p.sample_b FROM pairwise_judgments p ANTI JOIN samples s ON s.id = p.sample_b"
     ),
+    "lion pool entry of unknown instruction": (
+        "SELECT p.instruction_id FROM lion_pool p ANTI JOIN instructions i ON i.id = p.instruction_id"
+    ),
+    "lion judgment of unknown sample": (
+        "SELECT j.teacher_sample FROM lion_judgments j ANTI JOIN samples s ON s.id = j.teacher_sample "
+        "UNION SELECT j.student_sample FROM lion_judgments j ANTI JOIN samples s ON s.id = j.student_sample"
+    ),
     "dataset item without dataset": (
         "SELECT DISTINCT d.dataset_name || '@' || d.version FROM dataset_items d "
         "ANTI JOIN datasets s ON s.name = d.dataset_name AND s.version = d.version"

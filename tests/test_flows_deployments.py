@@ -17,16 +17,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_prefect_yaml_declares_the_deployments():
     names = [d["name"] for d in read_prefect_yaml()]
-    assert names == ["generate", "curate", "train", "retrain-on-new-data", "pipeline"]
+    assert names == ["generate", "curate", "train", "retrain-on-new-data", "pipeline", "lion"]
 
 
 def test_every_deployment_loads_with_valid_parameters():
     deployments = {d.name: d for d in load_deployments()}
-    assert set(deployments) == {"generate", "curate", "train", "retrain-on-new-data", "pipeline"}
+    assert set(deployments) == {"generate", "curate", "train", "retrain-on-new-data", "pipeline", "lion"}
     assert deployments["generate"].entrypoint.endswith("flows/generate.py:generate_flow")
     # The pipeline's one parameter is the whole config, rendered by the UI as a form.
     schema = deployments["pipeline"]._parameter_openapi_schema  # what the UI renders
     assert "config" in schema.properties and "PipelineConfig" in schema.definitions
+    lion = deployments["lion"]
+    assert lion.entrypoint.endswith("flows/lion.py:lion_flow")
+    schema = lion._parameter_openapi_schema
+    assert {"config", "iterations"} <= set(schema.properties) and "LionConfig" in schema.definitions
 
 
 def test_retraining_is_triggered_by_the_dataset_ready_event():

@@ -12,6 +12,9 @@ from core.errors import DatabaseError
 from storage.records import (
     FilterDecision,
     Instruction,
+    LionIteration,
+    LionJudgment,
+    LionPoolEntry,
     MinHashSignature,
     PairwiseJudgment,
     RequestRecord,
@@ -419,5 +422,38 @@ def test_schema_2_database_reads_and_gets_pairwise_judgments_at_its_first_write(
     ins, samples = _seed_records(1)
     other = Sample(instruction_id=ins[0].id, response="another answer", teacher_model="s")
     old.ingest([*ins, *samples, other, _judgment(samples[0], other)])
-    assert old.schema_version() == 3
+    assert old.schema_version() == latest_schema_version() >= 3
     assert old.query("SELECT pairs, a_wins FROM pairwise_standings") == [{"pairs": 1, "a_wins": 1}]
+
+
+# --- 004_lion: Lion's pools, referee verdicts and iterations ----------------------------
+
+
+def test_lion_tables_keys_and_integrity(store):
+    ins, teacher = _seed_records(2)
+    student = [Sample(instruction_id=i.id, response=f"Student answer to {i.text}", teacher_model="s",
+                      method="lion-student") for i in ins]
+    store.ingest([*ins, *teacher, *student])
+    pool = [LionPoolEntry(run_id="r", pool=p, instruction_id=i.id, iteration=0, origin="seed")
+            for i in ins for p in ("train", "cache")]
+    judgment = LionJudgment(run_id="r", iteration=1, instruction_id=ins[0].id, teacher_sample=teacher[0].id,
+                            student_sample=student[0].id, referee_model="j", ok=True, teacher_score=8.0,
+                            student_score=6.5, gap=1.5, threshold=1.0, label="hard",
+                            template_version="judge_pairwise_scores_first@1")
+    iteration = LionIteration(run_id="r", iteration=1, train_pool=2, cache_pool=2, judged=1, failed=0, hard=1,
+                              easy=0, generated=0, generated_hard=0, generated_easy=0, dropped=0,
+                              eval={"lion it1": {"rougeL_teacher": 12.5}}, tokens_by_model={"t": 10})
+    assert store.ingest([*pool, judgment, iteration]).new == {"lion_pool": 4, "lion_judgments": 1,
+                                                              "lion_iterations": 1}
+    # Re-ingesting (a resumed run) stores nothing twice: the keys are (run, pool, instruction),
+    # (run, iteration, instruction) and (run, iteration).
+    again = store.ingest([*pool, judgment.model_copy(update={"gap": 0.0, "label": "easy"}), iteration])
+    assert again.total_new == 0 and again.total_duplicate == 6
+    assert store.query("SELECT label, gap FROM lion_judgments") == [{"label": "hard", "gap": 1.5}]
+    assert store.query("SELECT eval->>'$.\"lion it1\".rougeL_teacher' AS r FROM lion_iterations") == [{"r": "12.5"}]
+    counts = store.table_counts()
+    assert (counts["lion_pool"], counts["lion_judgments"], counts["lion_iterations"]) == (4, 1, 1)
+    assert store.check_integrity() == {}
+    store.ingest([LionPoolEntry(run_id="r", pool="train", instruction_id="nope", iteration=1, origin="hard",
+                                seed_id=ins[0].id)])
+    assert list(store.check_integrity()) == ["lion pool entry of unknown instruction"]
