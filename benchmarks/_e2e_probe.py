@@ -24,6 +24,11 @@ Prefect's modules are patched as they are imported (a ``sys.meta_path`` finder t
 the loader of four named modules), so the probe imports nothing the command would not.
 It also counts the Prefect API requests the process sends and the seconds spent waiting
 for them (async and sync clients; the events websocket is not among them).
+
+``E2E_PREFECT_SERVER=thread`` or ``early`` runs the command against a prototype of another
+way to reach Prefect (bench_e2e.py's ``thread`` and ``early`` modes): the ephemeral
+server's app served by uvicorn in a thread of the CLI process, or the ephemeral server's
+own uvicorn command spawned first thing, in parallel with the CLI's imports.
 """
 
 from __future__ import annotations
@@ -202,15 +207,115 @@ def _write(path: Path) -> None:
     path.write_text(json.dumps({"events": EVENTS, "api": API}))
 
 
+# -- prototypes: other ways to reach a Prefect API (E2E_PREFECT_SERVER=thread|early) -------------
+# Not what `distill` does today: what it could do, measured on the same command.
+SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_early_server() -> None:
+    """Spawn the ephemeral server's own uvicorn command first thing, before any import,
+    and point PREFECT_API_URL at it; the flow waits for /api/health before it starts."""
+    import os
+    import subprocess
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                            env={**os.environ, **SERVER_ENV})
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
+    mark("prototype server: process spawned")
+
+    def stop() -> None:  # registered before Prefect's exit handlers, so it runs after them
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    atexit.register(stop)
+
+
+def _wait_early_server() -> None:
+    import os
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(os.environ["PREFECT_API_URL"] + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        time.sleep(0.05)
+    mark("prototype server healthy")
+
+
+def _start_thread_server() -> None:
+    """Serve the ephemeral server's app with uvicorn in a thread of this process."""
+    import os
+    import socket
+    import threading
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    import uvicorn
+    from prefect.server.api.server import create_app
+
+    mark("prototype server: prefect.server.api.server imported")
+    server = uvicorn.Server(uvicorn.Config(create_app(ephemeral=True, final=True), log_level="error", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="prefect-api", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.01)
+    mark("prototype server healthy")
+
+    def stop() -> None:
+        # Before the interpreter's shutdown begins: from then on the server's event loop
+        # cannot use worker threads (concurrent.futures refuses them) and never stops.
+        # Prefect's event and log workers drain first, while the API still answers.
+        mark("after the CLI: prototype server stop")
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        EventsWorker.drain_all(timeout=5)
+        APILogWorker.drain_all(timeout=5)
+        # force_exit: do not wait for open connections (the events client's websocket).
+        server.should_exit = server.force_exit = True
+        thread.join(timeout=5)
+        mark("after the CLI: prototype server stopped")
+
+    STOP_AFTER_CLI.append(stop)
+
+
+STOP_AFTER_CLI: list = []
+
+
 def main() -> None:
+    import os
+
     out = Path(sys.argv[1])
     argv = sys.argv[2:]
     config = argv[argv.index("--config") + 1] if "--config" in argv else None
     atexit.register(_write, out)  # first registered, so it runs last
+    prototype = os.environ.pop("E2E_PREFECT_SERVER", "")
+    if prototype == "early":
+        _start_early_server()
     sys.meta_path.insert(0, _PatchOnImport())
     sys.addaudithook(_audit(str(Path(config).resolve()) if config else None))
     sys.path.insert(0, str(ROOT))
     sys.argv = ["distill", *argv]
+    if prototype == "thread":
+        _start_thread_server()
 
     import flows.cli
 
@@ -221,6 +326,8 @@ def main() -> None:
 
     def timed_run(main, **kwargs):
         mark("asyncio.run(flow) called (imports and config done)")
+        if prototype == "early":
+            _wait_early_server()
         try:
             return run(main, **kwargs)
         finally:
@@ -231,6 +338,8 @@ def main() -> None:
         flows.cli.main()
     finally:
         mark("CLI main() returned")
+        for stop in STOP_AFTER_CLI:
+            stop()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ fresh database and fresh instructions, so every request is sent. Three ways to m
   healthy before timing; PREFECT_API_URL set for the command). Its start-up is not in the
   command's numbers, its CPU during the command is.
 
+Two prototypes of what the CLI could do instead, on the used home, not run by default
+(``--modes thread,early``; the command runs under benchmarks/_e2e_probe.py, which sets
+them up): ``thread``, the ephemeral server's app served by uvicorn in a thread of the CLI
+process; ``early``, the ephemeral server's own uvicorn command spawned first thing, so it
+starts while the CLI imports, and the flow waits for its /api/health.
+
 PREFECT_SERVER_ANALYTICS_ENABLED=false and DO_NOT_TRACK=1 for everything. Measured per run:
 
 - wall: from spawning the command to reaping it;
@@ -86,7 +92,11 @@ MODES = {
     "fresh": "ephemeral, fresh PREFECT_HOME",
     "used": "ephemeral, used PREFECT_HOME",
     "server": "running Prefect server",
+    # Prototypes (benchmarks/_e2e_probe.py), not what `distill` does today; not run by default:
+    "thread": "prototype: API served in a thread of the CLI (used home)",
+    "early": "prototype: ephemeral server spawned at process start (used home)",
 }
+DEFAULT_MODES = "fresh,used,server"
 BASE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 SAMPLE_S = 0.05
 
@@ -261,8 +271,10 @@ class Runner:
             home = self.tmp / f"home-fresh-{self.count}"
             home.mkdir()
             env["PREFECT_HOME"] = str(home)
-        elif mode == "used":
+        elif mode in ("used", "thread", "early"):
             env["PREFECT_HOME"] = str(self.used_home)
+            if mode != "used":
+                env["E2E_PREFECT_SERVER"] = mode
         else:
             assert self.server is not None
             env["PREFECT_HOME"] = str(self.tmp / "home-client")
@@ -279,7 +291,7 @@ class Runner:
         name = f"e2e-{mode}-{n}-{self.count}-{os.getpid()}"
         argv = self.argv(n, name)
         events_file = self.tmp / f"{name}.events.json"
-        cmd = ([sys.executable, str(PROBE), str(events_file), *argv] if probe
+        cmd = ([sys.executable, str(PROBE), str(events_file), *argv] if probe or mode in ("thread", "early")
                else [sys.executable, "-m", "flows.cli", *argv])
         fake_reset(self.fake_url)
         server_cpu0 = tree_cpu(self.server[1]) if mode == "server" and self.server else 0.0
@@ -346,7 +358,8 @@ def fmt_s(v: float | None, digits: int = 2) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="1,2000,20000", help="comma-separated numbers of requests (samples)")
-    parser.add_argument("--modes", default="fresh,used,server", help="comma-separated: fresh, used, server")
+    parser.add_argument("--modes", default=DEFAULT_MODES,
+                        help="comma-separated: fresh, used, server; prototypes: thread, early")
     parser.add_argument("--rounds", type=int, default=3, help="runs per mode and size; medians are reported")
     parser.add_argument("--large-rounds", type=int, default=None,
                         help="runs for sizes above 5,000 (default: --rounds)")
@@ -376,7 +389,7 @@ def main() -> None:
             if srv is not None:
                 server_start_s = srv[2]
             runner = Runner(tmp, fake_url, (srv[0], srv[1]) if srv else None, args.timeout)
-            if "used" in modes:
+            if {"used", "thread", "early"} & set(modes):
                 runner.warm_used_home()
             if "server" in modes:
                 runner.run("server", 1)  # untimed: the server's first flow run (flow row, caches)
@@ -422,7 +435,8 @@ def main() -> None:
                 notes.append(f"{n / (last - first):.0f} requests/s between the first request and the last answer")
             if mode == "server":
                 notes.append(f"server RSS {med([r.server_rss for r in rs]) / 2**20:.0f} MiB (not in the sum)")
-            print(f"| {MODES[mode]} | {n:,} | {wall:.2f} | {fmt_s(first)} | {cpu:.2f} | {cpu_server:.2f} | "
+            server_cell = "in the CLI process" if mode == "thread" else f"{cpu_server:.2f}"
+            print(f"| {MODES[mode]} | {n:,} | {wall:.2f} | {fmt_s(first)} | {cpu:.2f} | {server_cell} | "
                   f"{rss:.0f} | {'; '.join(notes)} | {where} | `{command.strip()}` |")
     big = [n for n in sizes if n > 1]
     if 1 in sizes and big:
