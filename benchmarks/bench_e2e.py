@@ -97,6 +97,23 @@ MODES = {
     "early": "prototype: ephemeral server spawned at process start (used home)",
 }
 DEFAULT_MODES = "fresh,used,server"
+# The timeline's rows, in the order a run reaches them (benchmarks/_e2e_probe.py names them).
+STEPS = [
+    "spawn", "prototype server: process spawned", "interpreter ready",
+    "prototype server: prefect.server.api.server imported", "prototype server healthy (in-process thread)",
+    "flows.cli imported", "import flows.config starts (config loading)", "config file opened",
+    "import flows.generate starts (config validated)", "asyncio.run(flow) called (imports and config done)",
+    "prototype server healthy (the flow waited for it)",
+    "import prefect.server.api.server starts (in the CLI process)", "ephemeral server: start() called",
+    "ephemeral server: process spawned",
+    "ephemeral server healthy (start() returned)", "first Prefect API request sent", "first Prefect API response",
+    "flow run created (create_flow_run returned)", "flow run context entered (flow body next)",
+    "import openai starts (teacher built in the flow body)", "first teacher request (fake server)",
+    "last teacher answer (fake server)", "import matplotlib starts (report charts)",
+    "flow returned (asyncio.run done)", "CLI main() returned", "after the CLI: prototype server stop",
+    "after the CLI: prototype server stopped", "at exit: ephemeral server stop() called",
+    "at exit: ephemeral server stopped", "last exit handler", "process exit (reaped)",
+]
 BASE_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 SAMPLE_S = 0.05
 
@@ -458,11 +475,9 @@ def main() -> None:
         print()
         names = {k for rs in timeline.values() for r in rs for k, v in r.events.items() if v is not None}
 
-        def when(step: str) -> float:
-            """The step's median time in the first mode that has it: the order of the rows."""
-            return next(t for rs in timeline.values() if (t := med([r.events.get(step) for r in rs])) is not None)
-
-        order = sorted(names, key=when)
+        known = [k for k in STEPS if k in names]
+        order = known + sorted(names - set(known), key=lambda k: med([r.events.get(k) for rs in timeline.values()
+                                                                     for r in rs]))
         print("| step | " + " | ".join(MODES[m] for m in timeline) + " |")
         print("|---|" + "---:|" * len(timeline))
         for k in order:
