@@ -44,8 +44,8 @@ PREFECT_SERVER_ANALYTICS_ENABLED=false and DO_NOT_TRACK=1 for everything. Measur
 
 Every number is the median of ``--rounds`` runs; the modes alternate within a round, so a
 busy spell of the machine hits them alike. Per-request CPU: (tree CPU at N minus at N=1) /
-(N - 1), for N = 2,000 and 20,000. The whole script took 20 minutes on 2 cores that other
-jobs kept busy (load average 4-5); the 20,000-request runs are 13 of them.
+(N - 1), for N = 2,000 and 20,000. The whole script takes 17 minutes on 2 cores at a load
+average of 1-2 (20 at 4-5), 11 of them in the 20,000-request runs.
 
 The timeline (``--no-timeline`` skips it): ``--rounds`` extra 1-request runs per mode
 under benchmarks/_e2e_probe.py, which runs the same CLI and records when it reaches each
@@ -230,7 +230,8 @@ def prefect_server(home: Path) -> Iterator[tuple[str, psutil.Process, float]]:
     try:
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited ({proc.returncode}): {(home / 'server.log').read_text()[-2000:]}")
+                log_tail = (home / "server.log").read_text()[-2000:]
+                raise RuntimeError(f"prefect server exited ({proc.returncode}): {log_tail}")
             if time.monotonic() - started > 300:
                 raise RuntimeError("prefect server did not answer /api/health in 300 s")
             with contextlib.suppress(OSError):
@@ -251,7 +252,7 @@ def prefect_server(home: Path) -> Iterator[tuple[str, psutil.Process, float]]:
 
 
 class Runner:
-    """Runs the CLI once per call, in one of the three modes."""
+    """Runs the CLI once per call, in one of the modes."""
 
     def __init__(self, tmp: Path, fake_url: str, server: tuple[str, psutil.Process] | None, timeout: float) -> None:
         self.tmp = tmp
@@ -356,11 +357,8 @@ class Runner:
         for path in self.tmp.glob(f"{name}*"):
             path.unlink(missing_ok=True) if path.is_file() else shutil.rmtree(path, ignore_errors=True)
         if mode == "fresh":
-            shutil.rmtree(self.env_home_of_fresh(), ignore_errors=True)
+            shutil.rmtree(self.tmp / f"home-fresh-{self.count}", ignore_errors=True)
         return result
-
-    def env_home_of_fresh(self) -> Path:
-        return self.tmp / f"home-fresh-{self.count}"
 
 
 def med(values: list[float | None]) -> float | None:
@@ -466,7 +464,8 @@ def main() -> None:
             parts = []
             for n in big:
                 cn, sn = med([r.cpu for r in results[(mode, n)]]), med([r.cpu_server for r in results[(mode, n)]])
-                parts.append(f"N={n:,}: {(cn - c1) / (n - 1) * 1000:.2f} ms ({(sn - s1) / (n - 1) * 1000:.2f} ms server)")
+                per, per_server = (cn - c1) / (n - 1) * 1000, (sn - s1) / (n - 1) * 1000
+                parts.append(f"N={n:,}: {per:.2f} ms ({per_server:.2f} ms server)")
             print(f"- {MODES[mode]}: " + "; ".join(parts))
     if timeline:
         print()
