@@ -29,8 +29,11 @@ A prompt may also carry its faults inline, for clients in another process:
     python tests/fake_openai_server.py --port 8011 --latency 0.1
 
 prints ``listening on http://127.0.0.1:8011/v1`` and serves until killed. ``GET /_stats``
-returns the per-prompt counts; ``POST /_faults`` {"prompt", "faults"} and ``POST /_reset``
-control it remotely.
+returns the per-prompt counts and, as ``time.monotonic()`` values (one clock for every
+process on Linux, so a client can compare them with its own), when the first and the last
+request arrived (``first_t``, ``last_t``) and when the last answer was ready
+(``last_done_t``); null before any request. ``POST /_faults`` {"prompt", "faults"} and
+``POST /_reset`` control it remotely.
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ class FakeOpenAIServer:
         self.hits: list[Hit] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.last_done: float | None = None  # time.monotonic() when the last answer was ready
         self.app = self._build_app()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -129,6 +133,7 @@ class FakeOpenAIServer:
             self.counts.clear()
             self.hits.clear()
             self.max_in_flight = self.in_flight
+            self.last_done = None
 
     def times(self, prompt: str | None = None) -> list[float]:
         """Arrival times (monotonic) of every request, or of one prompt's requests."""
@@ -169,7 +174,10 @@ class FakeOpenAIServer:
 
         @app.get("/_stats")
         async def stats() -> Response:
-            return _json({"total": self.total, "counts": dict(self.counts)})
+            first = self.hits[0].t if self.hits else None
+            last = self.hits[-1].t if self.hits else None
+            return _json({"total": self.total, "counts": dict(self.counts), "first_t": first, "last_t": last,
+                          "last_done_t": self.last_done})
 
         @app.post("/_faults")
         async def faults(request: Request) -> Response:
@@ -191,6 +199,7 @@ class FakeOpenAIServer:
             return await self._answer(request, chat=chat)
         finally:
             self.in_flight -= 1
+            self.last_done = time.monotonic()
 
     async def _answer(self, request: Request, *, chat: bool) -> Response:
         body = await request.json()
