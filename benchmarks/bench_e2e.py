@@ -13,14 +13,22 @@ where e2e.yaml sets ``teacher: {backend: openai, model: fake, base_url: <fake se
 concurrency: 64, defaults: {max_tokens: 32}}`` and ``generate: {batch_size: 100,
 max_concurrent_batches: 3}``. The teacher is the fake OpenAI-compatible server
 (tests/fake_openai_server.py, 100 ms per answer) in its own process. Every run gets a
-fresh database and fresh instructions, so every request is sent. Three ways to meet Prefect:
+fresh database and fresh instructions, so every request is sent. The ways to meet Prefect:
 
-- ``fresh``: ephemeral mode on an empty PREFECT_HOME (a first run on a new machine: the
-  temporary API server creates its SQLite database and runs every migration);
-- ``used``: ephemeral mode on a PREFECT_HOME that one untimed run used before;
-- ``server``: a running ``prefect server start`` (its own PREFECT_HOME, started and
+- ``first``: the first command of a new project (an empty ``DISTILL_HOME``, no server
+  running): what `distill` does by default, it starts the project's Prefect server in the
+  background (its database copied from the template ``make install`` migrated, see
+  flows/server.py) and goes on while the server boots. The server keeps running after the
+  command; its CPU up to the command's exit counts in the command's CPU, its memory in the
+  peak, and it is stopped (untimed) after each run;
+- ``server``: the project's server already running (started by an earlier command or by
+  ``distill server start``: here a ``prefect server start`` with its own PREFECT_HOME,
   healthy before timing; PREFECT_API_URL set for the command). Its start-up is not in the
-  command's numbers, its CPU during the command is.
+  command's numbers, its CPU during the command is;
+- ``fresh``: ``DISTILL_SERVER=ephemeral`` (Prefect's ephemeral mode: a temporary API server
+  per command) on an empty PREFECT_HOME (the server creates its SQLite database and runs
+  every migration);
+- ``used``: ``DISTILL_SERVER=ephemeral`` on a PREFECT_HOME that one untimed run used before.
 
 Two prototypes of what the CLI could do instead, on the used home, not run by default
 (``--modes thread,early``; the command runs under benchmarks/_e2e_probe.py, which sets
@@ -89,14 +97,15 @@ from fake_openai_server import spawn_fake_server  # noqa: E402
 
 PROBE = ROOT / "benchmarks" / "_e2e_probe.py"
 MODES = {
-    "fresh": "ephemeral, fresh PREFECT_HOME",
-    "used": "ephemeral, used PREFECT_HOME",
-    "server": "running Prefect server",
+    "first": "first command of a new project (starts the project's server)",
+    "server": "the project's server running",
+    "fresh": "DISTILL_SERVER=ephemeral, fresh PREFECT_HOME",
+    "used": "DISTILL_SERVER=ephemeral, used PREFECT_HOME",
     # Prototypes (benchmarks/_e2e_probe.py), not what `distill` does today; not run by default:
     "thread": "prototype: API served in a thread of the CLI (used home)",
     "early": "prototype: ephemeral server spawned at process start (used home)",
 }
-DEFAULT_MODES = "fresh,used,server"
+DEFAULT_MODES = "first,server,fresh,used"
 # The timeline's rows, in the order a run reaches them (benchmarks/_e2e_probe.py names them).
 STEPS = [
     "spawn", "prototype server: process spawned", "interpreter ready",
@@ -285,12 +294,18 @@ class Runner:
         env = {**os.environ, **BASE_ENV}
         for key in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_LOGGING_LEVEL"):
             env.pop(key, None)
-        if mode == "fresh":
+        env.pop("DISTILL_SERVER", None)
+        if mode == "first":
+            env["DISTILL_HOME"] = str(self.tmp / f"project-{self.count}")
+            env["PREFECT_HOME"] = str(self.tmp / "home-client")
+        elif mode == "fresh":
             home = self.tmp / f"home-fresh-{self.count}"
             home.mkdir()
             env["PREFECT_HOME"] = str(home)
+            env["DISTILL_SERVER"] = "ephemeral"
         elif mode in ("used", "thread", "early"):
             env["PREFECT_HOME"] = str(self.used_home)
+            env["DISTILL_SERVER"] = "ephemeral"
             if mode != "used":
                 env["E2E_PREFECT_SERVER"] = mode
         else:
@@ -333,6 +348,8 @@ class Runner:
         if mode == "server" and self.server:
             server_cpu = tree_cpu(self.server[1]) - server_cpu0
             server_rss = tree_rss(self.server[1])
+        elif mode == "first":
+            server_cpu, server_rss = self._stop_started_server()
         else:
             server_cpu = sampler.cpu_of("server")
         text = b"".join(output).decode(errors="replace")
@@ -341,7 +358,7 @@ class Runner:
         stats = fake_stats(self.fake_url)
         if stats["total"] != n:
             raise RuntimeError(f"{mode} N={n}: the fake server saw {stats['total']} requests")
-        cpu = usage.ru_utime + usage.ru_stime + (server_cpu if mode == "server" else 0.0)
+        cpu = usage.ru_utime + usage.ru_stime + (server_cpu if mode in ("server", "first") else 0.0)
         result = Result(wall=t_exit - t0,
                         first_request=stats["first_t"] - t0 if stats["first_t"] else None,
                         last_answer=stats["last_done_t"] - t0 if stats["last_done_t"] else None,
@@ -358,7 +375,20 @@ class Runner:
             path.unlink(missing_ok=True) if path.is_file() else shutil.rmtree(path, ignore_errors=True)
         if mode == "fresh":
             shutil.rmtree(self.tmp / f"home-fresh-{self.count}", ignore_errors=True)
+        if mode == "first":  # the server was the command's child while it ran: in the sampled peak already
+            shutil.rmtree(self.tmp / f"project-{self.count}", ignore_errors=True)
         return result
+
+    def _stop_started_server(self) -> tuple[float, int]:
+        """The CPU seconds and memory of the server a ``first`` command started (read as the
+        command exits: it runs on, in its own session), then stop it (untimed)."""
+        from core.processes import stop_group
+
+        record = json.loads((self.tmp / f"project-{self.count}" / "server.json").read_text())
+        leader = psutil.Process(record["pid"])
+        cpu, rss = tree_cpu(leader), tree_rss(leader)
+        stop_group(record["pid"], grace_s=10)
+        return cpu, rss
 
 
 def med(values: list[float | None]) -> float | None:
@@ -400,6 +430,9 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "home-server").mkdir()
         (tmp / "home-client").mkdir()
+        if "first" in modes:  # what `make install` did: the server database template (flows/server.py)
+            subprocess.run([sys.executable, "-m", "flows.cli", "server", "prepare"], cwd=ROOT, check=True,
+                           capture_output=True)
         with (prefect_server(tmp / "home-server") if "server" in modes else contextlib.nullcontext()) as srv:
             if srv is not None:
                 server_start_s = srv[2]
