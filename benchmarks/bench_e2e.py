@@ -391,6 +391,21 @@ class Runner:
         return cpu, rss
 
 
+_layer_warm: list = []
+
+
+def teacher_layer(url: str, n: int, db: Path) -> float:
+    """Seconds the teacher layer alone takes for ``n`` fresh requests (bench_teacher.py's side)."""
+    from bench_teacher import teacher
+
+    if not _layer_warm:  # untimed, once: imports and pandas behind the first Arrow batch, as bench_teacher does
+        _layer_warm.append(teacher(url, [f"warm-up {i}" for i in range(64)], 64, db.with_name("warm.duckdb"),
+                                   ledger=True))
+    elapsed, _ = teacher(url, [f"layer {db.stem}: describe item {i} in one sentence." for i in range(n)], 64, db,
+                         ledger=True)
+    return elapsed
+
+
 def med(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -423,6 +438,7 @@ def main() -> None:
     load_start = os.getloadavg()[0]
 
     results: dict[tuple[str, int], list[Result]] = {}
+    layer: dict[int, list[float]] = {}
     timeline: dict[str, list[Result]] = {}
     server_start_s = None
     started = time.monotonic()
@@ -448,6 +464,8 @@ def main() -> None:
                         print(f"[{time.monotonic() - started:6.0f}s] {mode} N={n} round {r + 1}/{rounds}",
                               file=sys.stderr, flush=True)
                         results.setdefault((mode, n), []).append(runner.run(mode, n))
+                    if n > 1:  # the baseline, in the same round: the teacher layer alone on these requests
+                        layer.setdefault(n, []).append(teacher_layer(fake_url, n, tmp / f"layer-{n}-{r}.duckdb"))
             if args.timeline:
                 for r in range(args.rounds):
                     for mode in modes:
@@ -487,6 +505,23 @@ def main() -> None:
             print(f"| {MODES[mode]} | {n:,} | {wall:.2f} | {fmt_s(first)} | {cpu:.2f} | {server_cell} | "
                   f"{rss:.0f} | {'; '.join(notes)} | {where} | `{command.strip()}` |")
     big = [n for n in sizes if n > 1]
+    if layer:
+        print()
+        print("Throughput against the teacher layer alone (benchmarks/bench_teacher.py's ledger side: "
+              "OpenAITeacher + LedgeredTeacher on a DuckDB file, in this script's process, same fake server, "
+              "same round): the whole command's N / wall, and its rate between the first request and the last "
+              "answer:")
+        print()
+        for n in big:
+            base = n / med(layer[n])
+            parts = []
+            for mode in modes:
+                rs = results[(mode, n)]
+                whole = n / med([r.wall for r in rs])
+                inner = n / med([r.last_answer - r.first_request for r in rs if r.first_request and r.last_answer])
+                parts.append(f"{MODES[mode]}: {whole:.0f}/s whole command ({whole / base:.2f}x), "
+                             f"{inner:.0f}/s first request to last answer ({inner / base:.2f}x)")
+            print(f"- N={n:,}: teacher layer alone {base:.0f}/s (median of {len(layer[n])}); " + "; ".join(parts))
     if 1 in sizes and big:
         print()
         print("Per-request CPU, (CPU at N - CPU at N=1) / (N - 1), medians; the whole tree, then the Prefect "
