@@ -13,8 +13,11 @@ commands reuse it; ``distill server stop`` ends it). Runs then show up in the UI
 command starts in a few seconds instead of booting a temporary API server every time
 (BENCHMARKS.md, end to end).
 
-``DISTILL_SERVER=ephemeral`` keeps Prefect's ephemeral mode instead: a temporary API
-server per command, which dies with the command, also on ``kill -9`` (``core.processes``).
+``DISTILL_SERVER=ephemeral`` instead gives each command a temporary API server of its own
+(``prefect server start --no-services --no-ui`` on the client's PREFECT_HOME, what Prefect's
+ephemeral mode runs), spawned first thing so it boots while the command imports, stopped
+at exit, and ended by Linux if the command is killed, also by ``kill -9``
+(``core.processes``): nothing is left behind.
 
 A new server's database is copied from a template migrated once per machine and Prefect
 version (``distill server prepare``, run by ``make install``): migrating a fresh database
@@ -54,6 +57,7 @@ class Recorded:
     url: str = ""
     log: str = ""
     command: str = ""
+    record: str = "server"  # its file in the state folder ('' for a command's temporary server)
 
 
 def _record_path(name: str) -> Path:
@@ -171,15 +175,17 @@ def spawn_server(port: int = DEFAULT_PORT) -> Recorded:
 def wait_healthy(rec: Recorded, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
     """Wait until the server answers; stop it and say why when it dies or takes too long."""
     deadline = time.monotonic() + timeout_s
+    see = f"; see {rec.log}" if rec.log else ""
     while not healthy(rec.url, timeout=2.0):
         if not group_alive(rec.pid):
-            _record_path("server").unlink(missing_ok=True)
-            raise DistillError(f"the Prefect server exited before it answered; see {rec.log}")
+            if rec.record:
+                _record_path(rec.record).unlink(missing_ok=True)
+            raise DistillError(f"the Prefect server exited before it answered{see}")
         if time.monotonic() > deadline:
             stop_group(rec.pid, grace_s=5)
-            _record_path("server").unlink(missing_ok=True)
-            raise DistillError(f"the Prefect server did not answer {rec.url}/health within {timeout_s:g}s; "
-                               f"see {rec.log}")
+            if rec.record:
+                _record_path(rec.record).unlink(missing_ok=True)
+            raise DistillError(f"the Prefect server did not answer {rec.url}/health within {timeout_s:g}s{see}")
         time.sleep(0.1)
 
 
@@ -219,7 +225,7 @@ def start_worker_detached(pool: str, api_url: str, query_seconds: float | None =
         proc = subprocess.Popen(worker_command(pool), stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=worker_env(api_url, query_seconds),
                                 start_new_session=True)
-    rec = Recorded(pid=proc.pid, url=api_url, log=str(log), command=" ".join(worker_command(pool)))
+    rec = Recorded(pid=proc.pid, url=api_url, log=str(log), command=" ".join(worker_command(pool)), record="worker")
     _write("worker", rec)
     return rec
 
@@ -253,7 +259,8 @@ def use_prefect_api(announce=print) -> str:
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
     if os.environ.get("DISTILL_SERVER", "auto") == "ephemeral":  # asked for: even when a server runs
-        _ephemeral_server_dies_with_us()
+        rec = _starting = _spawn_temporary_server()
+        os.environ["PREFECT_API_URL"] = rec.url
         return "ephemeral"
     rec = running_server()
     if rec is None:
@@ -272,29 +279,25 @@ def ensure_api_ready() -> None:
         wait_healthy(rec)
 
 
-def _ephemeral_server_dies_with_us() -> None:
-    """Prefect's ephemeral mode starts its API server as a child process and stops it at
-    exit, but a ``kill -9`` of this process skips that and the server ran on, re-parented
-    to init. Ask Linux to end it with us instead (``PR_SET_PDEATHSIG``), by starting it
-    with our preexec hook."""
-    from prefect.server.api import server
+def _spawn_temporary_server() -> Recorded:
+    """This command's own API server: the client's PREFECT_HOME database (copied from the
+    template when there is none yet), no services, no UI; it ends with this process."""
+    import atexit
+    import shutil
 
-    if getattr(server.SubprocessASGIServer, "_distill_patched", False):
-        return
-    original = server.SubprocessASGIServer._run_uvicorn_command
-
-    def run_uvicorn_command(self):
-        real_popen = subprocess.Popen
-
-        def popen(*args, **kwargs):
-            kwargs.setdefault("preexec_fn", die_with_parent_preexec())
-            return real_popen(*args, **kwargs)
-
-        server.subprocess.Popen = popen  # only for this call: the module's own reference
-        try:
-            return original(self)
-        finally:
-            server.subprocess.Popen = real_popen
-
-    server.SubprocessASGIServer._run_uvicorn_command = run_uvicorn_command
-    server.SubprocessASGIServer._distill_patched = True
+    # Prefect's default home, named here: importing Prefect now would read its settings
+    # before this module has set PREFECT_API_URL.
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    template = template_db()
+    if not (home / "prefect.db").exists() and template.exists():
+        shutil.copyfile(template, home / "prefect.db")
+    port = _free_port_from(DEFAULT_PORT + 1000)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+           "--no-services", "--no-ui", "--log-level", "ERROR"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                            env=env, start_new_session=True, preexec_fn=die_with_parent_preexec())
+    atexit.register(stop_group, proc.pid, grace_s=5, reap=proc)
+    return Recorded(pid=proc.pid, url=f"http://127.0.0.1:{port}/api", log="", command=" ".join(cmd), record="")

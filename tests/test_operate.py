@@ -277,8 +277,8 @@ def test_kill_9_in_ephemeral_mode_leaves_nothing_behind(tmp_path):
             assert time.monotonic() < deadline, "the command never got its API server up and the teacher busy"
             for child in psutil.Process(command.pid).children(recursive=True):
                 seen[child.pid] = child
-                if "prefect.server.api.server" in " ".join(child.cmdline()):
-                    api_server = child
+                if "server start" in " ".join(child.cmdline()) and "--no-services" in child.cmdline():
+                    api_server = child  # the command's own temporary server (flows/server.py)
             time.sleep(0.2)
         for child in psutil.Process(command.pid).children(recursive=True):
             seen[child.pid] = child
