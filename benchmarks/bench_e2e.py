@@ -154,7 +154,8 @@ class TreeSampler(threading.Thread):
     def _kind(self, proc: psutil.Process, key: tuple[int, float]) -> str:
         if key not in self._kinds:
             cmd = " ".join(proc.cmdline())
-            self._kinds[key] = "server" if "uvicorn" in cmd else "cli" if proc.pid == self.pid else "other"
+            server = "uvicorn" in cmd or "prefect server start" in cmd  # a prototype's, or the command's own
+            self._kinds[key] = "server" if server else "cli" if proc.pid == self.pid else "other"
         return self._kinds[key]
 
     def sample(self) -> None:
