@@ -10,7 +10,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 # 2-core box (a SmolLM2 batch went from 170 s to 7 s with PASSIVE).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install demo test test-fast bench vllm-venv teacher ui-screenshot clean
+.PHONY: install demo test test-fast bench bench-quality vllm-venv teacher ui-screenshot clean
 
 install: $(STAMP)
 
@@ -46,8 +46,13 @@ test: $(STAMP) $(VLLM_STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not vllm"
 
+# The speed benchmarks (about half an hour on 2 cores) and the quality ones (students trained
+# and evaluated: hours). Each writes a fresh file; BENCHMARKS.md is the curated record.
 bench: $(STAMP)
-	$(PY) benchmarks/run_all.py --output BENCHMARKS.md
+	$(PY) benchmarks/run_all.py --output benchmarks/latest.md
+
+bench-quality: $(STAMP)
+	$(PY) benchmarks/run_all.py --quality --output benchmarks/latest-quality.md
 
 # The README's UI pictures (docs/ui-runs.png, docs/ui-report.png): a temporary server, one
 # generate run against the fake OpenAI server, headless Chromium (apt-get install chromium).

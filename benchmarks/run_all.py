@@ -1,7 +1,14 @@
-"""Run every benchmarks/bench_*.py and collect their markdown into BENCHMARKS.md.
+"""Run the benchmarks/bench_*.py scripts and collect their markdown in one file.
 
-    .venv/bin/python benchmarks/run_all.py                  # all of them -> BENCHMARKS.md (`make bench`)
+    .venv/bin/python benchmarks/run_all.py --output benchmarks/latest.md          # `make bench`: the speed ones
+    .venv/bin/python benchmarks/run_all.py --quality --output benchmarks/latest-quality.md   # `make bench-quality`
     .venv/bin/python benchmarks/run_all.py --only ingest    # just bench_ingest.py, to stdout
+
+The speed benchmarks (ingest, teacher, embedded, rouge, minhash, flow, e2e) take about half
+an hour on 2 cores; the quality ones (distill, demo, lion: students trained and evaluated)
+take hours, so they run only when asked. BENCHMARKS.md is the curated record: its first
+table sums up every measure, and each run's sections are copied in from these files with
+the run's date, machine and command.
 
 Each benchmark is a script that prints markdown (a table row per measurement, each a
 ratio measured side by side in the same run). They run one after another, each in its
@@ -45,10 +52,14 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}{mem}{load}; {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
-def discover(only: list[str] | None) -> list[Path]:
+# Students trained and evaluated on CPU: hours, not minutes. Run with --quality or --only.
+QUALITY = {"distill", "demo", "lion"}
+
+
+def discover(only: list[str] | None, quality: bool = False) -> list[Path]:
     scripts = sorted(HERE.glob("bench_*.py"))
     if not only:
-        return scripts
+        return [s for s in scripts if (s.stem.removeprefix("bench_") in QUALITY) == quality]
     wanted = {name.removeprefix("bench_").removesuffix(".py") for name in only}
     chosen = [s for s in scripts if s.stem.removeprefix("bench_") in wanted]
     missing = wanted - {s.stem.removeprefix("bench_") for s in chosen}
@@ -76,15 +87,21 @@ def run(script: Path, timeout: float) -> tuple[str, bool]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the benchmarks and write BENCHMARKS.md.")
+    parser = argparse.ArgumentParser(description="Run the benchmarks and collect their markdown.")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only bench_NAME.py (repeatable)")
-    parser.add_argument("--output", type=Path, help="markdown file to write (default: BENCHMARKS.md, or stdout with --only)")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds each benchmark may take")
+    parser.add_argument("--quality", action="store_true",
+                        help=f"the quality benchmarks ({', '.join(sorted(QUALITY))}) instead of the speed ones")
+    parser.add_argument("--output", type=Path, help="markdown file to write (default: stdout)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds each benchmark may take (default: 1800, 4 h for the quality ones)")
     args = parser.parse_args()
+    if args.timeout is None:
+        args.timeout = 4 * 3600 if args.quality or QUALITY & set(args.only or []) else 1800
 
-    scripts = discover(args.only)
-    output = args.output or (None if args.only else ROOT / "BENCHMARKS.md")
-    command = "make bench" if not args.only else "python benchmarks/run_all.py " + " ".join(f"--only {n}" for n in args.only)
+    scripts = discover(args.only, args.quality)
+    output = args.output
+    command = "python benchmarks/run_all.py " + " ".join(
+        ["--quality"] * args.quality + [f"--only {n}" for n in args.only or []])
     header = (
         "# Benchmarks\n\n"
         f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
