@@ -147,20 +147,24 @@ def test_pipeline_teacher_judges_and_max_samples_waits(tmp_path, calls):
     assert {r["sample_id"] for r in load_rows(store, "judged", second["version"])} == {ids["a"], ids["b"]}
 
 
-def test_judge_config_in_yaml_and_cli_override(tmp_path):
-    # The commented example in configs/curate-and-train.yaml is a valid judge section.
-    text = (ROOT / "configs" / "curate-and-train.yaml").read_text()
+def _uncommented(section: str, path):
+    """configs/curate-and-train.yaml with its commented-out ``section:`` example switched on."""
     lines, on = [], False
-    for line in text.splitlines():
-        if line.strip() == "# judge:":
+    for line in (ROOT / "configs" / "curate-and-train.yaml").read_text().splitlines():
+        if line.strip() == f"# {section}:":
             on = True
         if on and line.startswith("  #"):
             line = "  " + line[len("  # "):]
         elif on:
             on = False
         lines.append(line)
-    path = tmp_path / "judge.yaml"
     path.write_text("\n".join(lines))
+    return path
+
+
+def test_judge_config_in_yaml_and_cli_override(tmp_path):
+    # The commented example in configs/curate-and-train.yaml is a valid judge section.
+    path = _uncommented("judge", tmp_path / "judge.yaml")
     config = load_config(path)
     assert config.curate.judge is not None and config.curate.judge.min_score == 7
     assert config.curate.judge.teacher.backend == "openai"
@@ -347,18 +351,7 @@ def test_compare_scores_first_with_another_judge(tmp_path, calls):
 
 def test_compare_config_in_yaml(tmp_path):
     # The commented example in configs/curate-and-train.yaml is a valid compare section.
-    lines, on = [], False
-    for line in (ROOT / "configs" / "curate-and-train.yaml").read_text().splitlines():
-        if line.strip() == "# compare:":
-            on = True
-        if on and line.startswith("  #"):
-            line = "  " + line[len("  # "):]
-        elif on:
-            on = False
-        lines.append(line)
-    path = tmp_path / "compare.yaml"
-    path.write_text("\n".join(lines))
-    compare = load_config(path).curate.compare
+    compare = load_config(_uncommented("compare", tmp_path / "compare.yaml")).curate.compare
     assert (compare.a, compare.b, compare.params.verdict_order, compare.teacher.model) == (
         "gpt-4o-mini", "student-v1", "scores_first", "gpt-4o")
     assert load_config(ROOT / "configs" / "curate-and-train.yaml").curate.compare is None
