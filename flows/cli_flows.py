@@ -111,11 +111,18 @@ class _Bars:
         self.progress.stop()
 
 
-def _run_with_bars(fn, *args, **kwargs):
+# What training and evaluation import first (torch alone is seconds on a small CPU).
+TRAINING_MODULES = ("torch", "transformers")
+
+
+def _run_with_bars(fn, *args, warm: tuple[str, ...] = (), **kwargs):
+    """Run a flow with the progress bars; ``warm``: modules the flow imports early, imported
+    while a Prefect server this command started still boots (flows.server.ensure_api_ready)."""
     from flows.progress import progress_sink
     from flows.server import ensure_api_ready
 
-    ensure_api_ready()  # a server this command started boots while the command imports and loads its config
+    # A server this command started boots while the command imports and loads its config.
+    ensure_api_ready(warm=(*warm, "matplotlib.figure"))  # the reports' charts come last
     with _Bars() as bars, progress_sink(bars):
         return fn(*args, **kwargs)
 
@@ -167,7 +174,10 @@ def run(
     from flows.pipeline import pipeline_flow
 
     console.print(f"[bold]distill run[/bold] {cfg.run_name}: database {cfg.db or 'default'}")
-    out = _run_with_bars(pipeline_flow, cfg)
+    from generators.teachers import backend_modules
+
+    warm = (*(() if cfg.skip.generate else backend_modules(cfg.teacher)), *(() if cfg.skip.train else TRAINING_MODULES))
+    out = _run_with_bars(pipeline_flow, cfg, warm=warm)
     if "generate" in out:
         console.print(_summary_table("generate", out["generate"], GENERATE_KEYS))
     if "curate" in out:
@@ -203,9 +213,11 @@ def generate(
     import asyncio
 
     from flows.generate import generate_flow
+    from generators.teachers import backend_modules
 
     out = _run_with_bars(asyncio.run, generate_flow(run_name=cfg.run_name, teacher=cfg.teacher,
-                                                    generate=cfg.generate, db=cfg.db, seeds=cfg.seeds))
+                                                    generate=cfg.generate, db=cfg.db, seeds=cfg.seeds),
+                         warm=backend_modules(cfg.teacher))
     console.print(_summary_table(f"generate {cfg.run_name}", out, GENERATE_KEYS))
 
 
@@ -257,7 +269,7 @@ def train(
     from flows.train import train_flow
 
     out = _run_with_bars(train_flow, dataset=cfg.curate.dataset, dataset_version=version, train=cfg.train,
-                         evaluate=cfg.evaluate, skip_evaluate=no_eval, db=cfg.db)
+                         evaluate=cfg.evaluate, skip_evaluate=no_eval, db=cfg.db, warm=TRAINING_MODULES)
     console.print(_summary_table("train", out, TRAIN_KEYS))
     _print_evaluations(out.get("evaluations") or [])
 

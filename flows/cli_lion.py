@@ -20,7 +20,7 @@ import typer
 from rich.table import Table
 
 from core.config import parse_sets
-from flows.cli_flows import _db_default, _quiet_prefect, _run_with_bars, console
+from flows.cli_flows import TRAINING_MODULES, _db_default, _quiet_prefect, _run_with_bars, console
 
 app = typer.Typer(help="Lion's adversarial distillation loop.")
 
@@ -71,6 +71,8 @@ def lion(
 
     console.print(f"[bold]distill lion[/bold] {cfg.run_name}: {cfg.iterations} iteration(s), "
                   f"database {cfg.db or 'default'}")
-    out = _run_with_bars(lion_flow, cfg)
+    from generators.teachers import backend_modules
+
+    out = _run_with_bars(lion_flow, cfg, warm=(*backend_modules(cfg.teacher), *TRAINING_MODULES))
     console.print(iterations_table(out["iterations"], f"lion {out['run_name']}"))
     console.print(f"Everything is in {out['db']}: distill sql \"select * from lion_iterations\"")

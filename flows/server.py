@@ -26,6 +26,7 @@ takes about 9 s on 2 cores, and the first command of a new project should not wa
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -34,6 +35,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -271,12 +273,22 @@ def use_prefect_api(announce=print) -> str:
     return rec.url
 
 
-def ensure_api_ready() -> None:
-    """Wait for the server ``use_prefect_api`` started, if it has not answered yet."""
+def ensure_api_ready(warm: Iterable[str] = ()) -> None:
+    """Wait for the server ``use_prefect_api`` started, if it has not answered yet. While it
+    boots (on the other core), import ``warm``: modules the command will need next (the
+    teacher's backend, the report's charts), one at a time until the server answers."""
     global _starting
-    if _starting is not None:
-        rec, _starting = _starting, None
-        wait_healthy(rec)
+    if _starting is None:
+        return
+    rec, _starting = _starting, None
+    for name in warm:
+        if healthy(rec.url, timeout=0.5):
+            break
+        try:
+            importlib.import_module(name)
+        except ImportError:  # not installed: the step that needs it says so
+            pass
+    wait_healthy(rec)
 
 
 def _spawn_temporary_server() -> Recorded:

@@ -53,3 +53,15 @@ def build_teacher(config: TeacherConfig, store: Any = None, run_id: str | None =
 
         teacher = LedgeredTeacher(teacher, store, run_id=run_id, **ledger)
     return teacher
+
+
+def backend_modules(config: TeacherConfig) -> tuple[str, ...]:
+    """The modules ``build_teacher`` imports for ``config``, heaviest first: a command imports
+    them while a Prefect server it started still boots (``flows.server.ensure_api_ready``)."""
+    if isinstance(config, OpenAIConfig):
+        return ("generators.teachers.openai_backend",)
+    if isinstance(config, VLLMConfig):
+        return ("generators.teachers.vllm_backend",)
+    if isinstance(config, TransformersConfig):
+        return ("torch", "transformers", "generators.teachers.transformers_backend")
+    return ()
