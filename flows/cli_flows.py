@@ -9,10 +9,11 @@
 
 Each command loads one pipeline config (``--config``, else configs/demo.yaml when it
 exists, else the defaults), applies the command's options and any ``--set key=value``
-over it, validates it once, and runs the flow in-process. With no Prefect server
-configured (``PREFECT_API_URL`` unset) Prefect runs in ephemeral mode: a temporary local
-API, no server to start. Progress shows as a rich bar; each step ends with a summary
-table, and `distill run` ends with the before/after evaluation table.
+over it, validates it once, and runs the flow in-process. With ``PREFECT_API_URL`` unset
+it uses the project's Prefect server, starting it in the background when none runs
+(``flows/server.py``; ``DISTILL_SERVER=ephemeral``: a temporary one per command).
+Progress shows as a rich bar; each step ends with a summary table, and `distill run` ends
+with the before/after evaluation table.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ DEFAULT_CONFIG = Path("configs/demo.yaml")
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    """Before Prefect is imported: which API this command uses (flows/server.py: a running
-    `distill server start` server, else ephemeral mode), and a quiet terminal. Prefect's
+    """Before Prefect is imported: which API this command uses (flows/server.py: the
+    project's server, started in the background when none runs), and a quiet terminal. Prefect's
     logs stay at WARNING on the terminal unless asked (-v); runs still send their INFO logs
     to the API, so a run's Logs tab in the UI shows what it did."""
     from flows.server import use_prefect_api
@@ -53,9 +54,6 @@ def _quiet_prefect(verbose: bool) -> None:
         os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Ephemeral mode starts a local API server; on a busy small machine the first start
-    # (migrations into PREFECT_HOME) can take longer than Prefect's default 20 s.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     use_prefect_api(announce=lambda message: console.print(message, style="dim", highlight=False))
 
 

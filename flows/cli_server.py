@@ -56,7 +56,7 @@ def start(port: int = typer.Option(4200, help="Port of the server (the UI and th
 @app.command("prepare")
 def prepare() -> None:
     """Migrate an empty server database once for this machine (make install runs it), so a new
-    project's first server starts without migrating (about 9 s less)."""
+    project's first server starts without migrating (BENCHMARKS.md run 7: 5.7 s less to the first request)."""
     from flows.server import prepare_template
 
     console.print(f"server database template: {prepare_template()}", highlight=False)

@@ -21,7 +21,8 @@ at exit, and ended by Linux if the command is killed, also by ``kill -9``
 
 A new server's database is copied from a template migrated once per machine and Prefect
 version (``distill server prepare``, run by ``make install``): migrating a fresh database
-takes about 9 s on 2 cores, and the first command of a new project should not wait for it.
+cost a command 5.7 s more before its first request on 2 cores (BENCHMARKS.md run 7: 15.45 s
+on a fresh Prefect home, 9.74 s on a used one), and a new project should not wait for it.
 """
 
 from __future__ import annotations
@@ -149,21 +150,9 @@ def prepare_template() -> Path:
 def spawn_server(port: int = DEFAULT_PORT) -> Recorded:
     """Start `prefect server start` in the background and return at once (``wait_healthy``
     waits for it); a free port at or above ``port``."""
-    import shutil
-
     home = state_dir()
-    (home / "prefect").mkdir(parents=True, exist_ok=True)
-    db = home / "prefect" / "prefect.db"
-    template = template_db()
-    if not db.exists() and template.exists():
-        shutil.copyfile(template, db)  # a migrated database: the server starts without migrating
-    port = _free_port_from(port)
+    cmd, env, api = _server_launch(home / "prefect", port)
     log = home / "server.log"
-    api = f"http://127.0.0.1:{port}/api"
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(home / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
-               PREFECT_UI_API_URL=api, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "ab") as out:
         # Its own session: the server outlives this command (it is a service, stopped by
         # `distill server stop`), and stopping its group reaches everything it forks.
@@ -255,8 +244,8 @@ def use_prefect_api(announce=print) -> str:
     ``PREFECT_API_URL`` wins; else the recorded server when it answers; else the project's
     server is started in the background (``announce`` says so) and this process goes on
     with its imports and setup while it boots: ``ensure_api_ready()`` waits for it just
-    before the first flow. ``DISTILL_SERVER=ephemeral``: Prefect's ephemeral mode, its
-    temporary server tied to this process's life."""
+    before the first flow. ``DISTILL_SERVER=ephemeral``: a temporary server of this
+    command's own (``_spawn_temporary_server``), tied to this process's life."""
     global _starting
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
@@ -295,21 +284,31 @@ def _spawn_temporary_server() -> Recorded:
     """This command's own API server: the client's PREFECT_HOME database (copied from the
     template when there is none yet), no services, no UI; it ends with this process."""
     import atexit
-    import shutil
-
     # Prefect's default home, named here: importing Prefect now would read its settings
     # before this module has set PREFECT_API_URL.
     home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
-    home.mkdir(parents=True, exist_ok=True)
-    template = template_db()
-    if not (home / "prefect.db").exists() and template.exists():
-        shutil.copyfile(template, home / "prefect.db")
-    port = _free_port_from(DEFAULT_PORT + 1000)
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1")
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-           "--no-services", "--no-ui", "--log-level", "ERROR"]
+    cmd, env, api = _server_launch(home, DEFAULT_PORT + 1000)
+    cmd += ["--no-services", "--no-ui", "--log-level", "ERROR"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                             env=env, start_new_session=True, preexec_fn=die_with_parent_preexec())
     atexit.register(stop_group, proc.pid, grace_s=5, reap=proc)
-    return Recorded(pid=proc.pid, url=f"http://127.0.0.1:{port}/api", log="", command=" ".join(cmd), record="")
+    return Recorded(pid=proc.pid, url=api, log="", command=" ".join(cmd), record="")
+
+
+def _server_launch(prefect_home: Path, port: int) -> tuple[list[str], dict[str, str], str]:
+    """What starting a server on ``prefect_home`` takes: its database from the template when
+    it has none (the server then starts without migrating), a free port at or above
+    ``port``; returns the command, its environment and the API URL."""
+    import shutil
+
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    template = template_db()
+    if not (prefect_home / "prefect.db").exists() and template.exists():
+        shutil.copyfile(template, prefect_home / "prefect.db")
+    port = _free_port_from(port)
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    api = f"http://127.0.0.1:{port}/api"
+    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false", DO_NOT_TRACK="1",
+               PREFECT_UI_API_URL=api, PREFECT_SERVER_API_HOST="127.0.0.1", PREFECT_SERVER_API_PORT=str(port))
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    return cmd, env, api
